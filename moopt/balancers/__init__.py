@@ -1,0 +1,15 @@
+"""The balancers: thin policies that turn objective values (and a Gram) into weights."""
+
+from moopt.balancers.base import Balancer
+from moopt.balancers.coarse_to_fine import CoarseToFineBalancer
+from moopt.balancers.eq_qp import EqQPBalancer
+from moopt.balancers.mgda import MGDABalancer
+from moopt.balancers.weighted_sum import WeightedSumBalancer
+
+__all__ = [
+    "Balancer",
+    "CoarseToFineBalancer",
+    "EqQPBalancer",
+    "MGDABalancer",
+    "WeightedSumBalancer",
+]

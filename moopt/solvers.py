@@ -88,7 +88,7 @@ class QPSolution:
 
 @dataclass(frozen=True)
 class _Equilibrated:
-    """``Q = S C S`` with ``S = diag(s)``, ``s`` the gradient norms; the constraint is ``aᵀv = 1``."""
+    """``Q = S C S`` with ``S = diag(s)`` (``s``: gradient norms) and the constraint ``aᵀv = 1``."""
 
     c: FloatArray
     a: FloatArray

@@ -19,9 +19,7 @@ def cvxpy_qp_weights(gram: np.ndarray, *, nonnegative: bool) -> np.ndarray:
     constraints = [cp.sum(w) == 1]
     if nonnegative:
         constraints.append(w >= 0)
-    problem = cp.Problem(
-        cp.Minimize(0.5 * cp.quad_form(w, cp.psd_wrap(normalised))), constraints
-    )
+    problem = cp.Problem(cp.Minimize(0.5 * cp.quad_form(w, cp.psd_wrap(normalised))), constraints)
     problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-13, tol_gap_rel=1e-13, tol_feas=1e-13)
     assert problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE), problem.status
     return np.asarray(w.value, dtype=float)

@@ -44,7 +44,7 @@ def assert_permutation_equivariant(
 def assert_gram_scale_invariant(
     weight_fn: WeightFunction, losses: np.ndarray, gram: np.ndarray, factor: float
 ) -> None:
-    """Scaling every gradient by the same factor leaves the weights unchanged: w(ℓ, aQ) = w(ℓ, Q)."""
+    """Scaling every gradient by one factor leaves the weights unchanged: w(ℓ, aQ) = w(ℓ, Q)."""
     np.testing.assert_allclose(
         weight_fn(losses, factor * gram), weight_fn(losses, gram), rtol=1e-9, atol=1e-12
     )

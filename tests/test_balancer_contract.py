@@ -100,7 +100,9 @@ def test_state_dict_round_trip_continues_exactly(name):
     _assert_plain(state)
     restored = FACTORIES[name]()
     restored.load_state_dict(state)
-    for expected, actual in zip(_run(original, trajectory[4:]), _run(restored, trajectory[4:])):
+    for expected, actual in zip(
+        _run(original, trajectory[4:]), _run(restored, trajectory[4:]), strict=True
+    ):
         np.testing.assert_array_equal(actual, expected)
 
 

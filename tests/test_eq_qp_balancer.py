@@ -62,7 +62,9 @@ def test_lambda_cancels_from_the_direction(case, data):
     positive factor: the log-loss gradients ∇L_i/L_i do not change (floor 0). (Only the
     renormalisation guard, when it acts, depends on the scaling.)"""
     losses = data.draw(positive_losses(case.k))
-    factors = 10.0 ** np.array(data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k)))
+    factors = 10.0 ** np.array(
+        data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k))
+    )
     # the guard depends on Σ w_i/ℓ_i, which the scaling changes: compare unguarded steps
     scaled_g = case.gradients * factors[:, None]
     assume(_unguarded(case.gram, losses) and _unguarded(scaled_g @ scaled_g.T, losses * factors))

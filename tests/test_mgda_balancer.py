@@ -34,7 +34,9 @@ def test_loss_normalisation_is_invariant_to_rescaling_an_objective(case, data):
     """normalization="loss" (log-loss gradients): replacing L_i by a·L_i (so g_i by a·g_i) leaves
     the direction Σ w_i g_i unchanged up to a positive factor — λ cancels."""
     losses = data.draw(positive_losses(case.k))
-    factors = 10.0 ** np.array(data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k)))
+    factors = 10.0 ** np.array(
+        data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k))
+    )
     balancer = MGDABalancer("loss")
     direction = balancer.weights(losses, case.gram) @ case.gradients
     scaled_g = case.gradients * factors[:, None]
@@ -47,7 +49,9 @@ def test_l2_normalisation_is_invariant_to_rescaling_a_gradient(case, data):
     """normalization="l2": rescaling any gradient g_i by a > 0 leaves the direction unchanged up
     to a positive factor."""
     losses = data.draw(positive_losses(case.k))
-    factors = 10.0 ** np.array(data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k)))
+    factors = 10.0 ** np.array(
+        data.draw(st.lists(st.floats(-3, 3), min_size=case.k, max_size=case.k))
+    )
     balancer = MGDABalancer("l2")
     direction = balancer.weights(losses, case.gram) @ case.gradients
     scaled_g = case.gradients * factors[:, None]

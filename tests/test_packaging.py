@@ -1,0 +1,48 @@
+"""The public names, the typing marker, and a core that needs no deep-learning framework."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import resources
+
+import moopt
+import moopt_lic
+
+
+def test_public_names():
+    from moopt import (  # noqa: F401
+        Balancer,
+        CoarseToFineBalancer,
+        EqQPBalancer,
+        MGDABalancer,
+        WeightedSumBalancer,
+    )
+    from moopt.solvers import eq_qp_weights, mgda_weights  # noqa: F401
+
+    for name in moopt.__all__:
+        assert getattr(moopt, name).__doc__, f"moopt.{name} has no docstring"
+
+
+def test_core_does_not_import_torch_or_compressai():
+    """Importing the core and running every balancer loads neither torch nor compressai."""
+    code = (
+        "import sys, moopt, moopt.solvers\n"
+        "g = [[1.0, 0.2], [0.2, 2.0]]\n"
+        "for b in (moopt.MGDABalancer(), moopt.EqQPBalancer()):\n"
+        "    b.weights([1.0, 2.0], g)\n"
+        "c = moopt.CoarseToFineBalancer(2); c.weights([1.0, 2.0]); c.update([0.9, 1.9])\n"
+        "moopt.WeightedSumBalancer([1, 1]).weights([1, 1])\n"
+        "bad = [m for m in ('torch', 'compressai', 'cvxpy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_typed_packages():
+    assert resources.files(moopt).joinpath("py.typed").is_file()
+    assert resources.files(moopt_lic).joinpath("py.typed").is_file()
+
+
+def test_adapter_package_is_importable():
+    assert moopt_lic.__doc__

@@ -37,9 +37,13 @@ class Balancer(abc.ABC):
     requires_gram : bool
         Whether :meth:`weights` needs the ``k × k`` Gram matrix ``Q_ij = ∇L_iᵀ∇L_j`` (and so
         all k gradients) or only the k loss values.
+    requires_update : bool
+        Whether :meth:`update` learns from the post-step losses (the coarse-to-fine
+        balancer); when false, the extra forward pass that computes them can be skipped.
     """
 
     requires_gram: ClassVar[bool]
+    requires_update: ClassVar[bool] = False
 
     @property
     def num_objectives(self) -> int | None:

@@ -84,6 +84,7 @@ class CoarseToFineBalancer(Balancer):
     """
 
     requires_gram = False
+    requires_update = True
 
     def __init__(
         self,

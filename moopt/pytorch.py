@@ -1,0 +1,439 @@
+"""PyTorch glue: turn k scalar losses into ``.grad = Σ_i w_i ∇L_i`` with any balancer.
+
+This is the only module of :mod:`moopt` that imports torch. One training step reads::
+
+    out = model(x)
+    losses = {"rate": rate(out), "distortion": distortion(out)}
+    step = balanced_backward(losses, balancer, params)   # losses -> (Gram) -> w -> .grad
+    optimizer.step()
+    update_balancer(balancer, lambda: compute_losses(model, x))   # coarse-to-fine only
+
+What it costs
+-------------
+* Balancers that need no Gram (:attr:`~moopt.Balancer.requires_gram` false): one backward
+  pass of ``Σ_i w_i L_i``, exactly what ``loss.backward()`` costs.
+* Gram-based balancers, parameter mode: the k per-objective gradients, in k sequential
+  backward passes (``gram_mode="sequential"``, the default, the fastest on CPU) or one
+  vectorised pass (``"batched"``, ``torch.autograd.grad(..., is_grads_batched=True)``). The
+  Gram is computed on the parameters' device; only the ``k × k`` matrix and the k losses
+  reach the host. Passes share no work, so the part of the network that every objective
+  depends on (a codec's encoder) is back-propagated k times.
+* Gram-based balancers, ``features`` mode (the MGDA-UB idea): the Gram is that of the
+  gradients with respect to shared features ``f`` (e.g. a codec's latent ``y``). The k
+  per-objective passes stop at ``f``, collecting on the way the gradients of the parameters
+  between ``f`` and the losses ("head" parameters: decoder, hyperprior, entropy models); then
+  ``Σ_i w_i ∂L_i/∂f`` is back-propagated once through the "trunk" that produces ``f``. The
+  ``.grad`` is still exactly ``Σ_i w_i ∇L_i`` for every parameter, at about the cost of one
+  backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from moopt.balancers.base import Balancer
+from moopt.validation import FloatArray
+
+__all__ = [
+    "BalancedStep",
+    "GramMode",
+    "balanced_backward",
+    "update_balancer",
+]
+
+GramMode = Literal["sequential", "batched"]
+_GRAM_MODES = ("sequential", "batched")
+
+LossesLike = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BalancedStep:
+    """What :func:`balanced_backward` did.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray
+        The balancer's weights, float64 of shape ``(k,)``; ``.grad`` received
+        ``Σ_i weights[i] ∇L_i``.
+    losses : numpy.ndarray
+        The k loss values, float64 of shape ``(k,)``.
+    gram : numpy.ndarray or None
+        Exactly the ``k × k`` matrix handed to the balancer (parameter Gram, or feature Gram
+        in ``features`` mode), float64; None when the balancer did not need one.
+    names : tuple of str
+        The objectives' names (the mapping's keys, or ``"objective 0"``, ...).
+    """
+
+    weights: FloatArray
+    losses: FloatArray
+    gram: FloatArray | None
+    names: tuple[str, ...]
+
+
+def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
+    """Check the losses: non-empty, scalar tensors that require grad, finite."""
+    if isinstance(losses, Mapping):
+        names = tuple(str(name) for name in losses)
+        tensors = list(losses.values())
+    elif isinstance(losses, torch.Tensor):
+        raise TypeError(
+            "losses must be a sequence or mapping of k scalar tensors, got one tensor; "
+            "pass [loss_1, loss_2, ...] or {'name': loss, ...}"
+        )
+    else:
+        tensors = list(losses)
+        names = tuple(f"objective {i}" for i in range(len(tensors)))
+    if not tensors:
+        raise ValueError("losses is empty: give at least one objective")
+    for name, loss in zip(names, tensors, strict=True):
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss {name!r} must be a torch.Tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"loss {name!r} must be a scalar tensor, got shape {tuple(loss.shape)}; "
+                f"reduce it first (e.g. .mean())"
+            )
+        if not loss.requires_grad:
+            raise ValueError(
+                f"loss {name!r} does not require grad: it is not connected to any parameter "
+                f"(computed under torch.no_grad() or from detached tensors?)"
+            )
+    return names, tensors
+
+
+def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor]) -> FloatArray:
+    """Copy the k loss values to the host in one transfer; name any NaN/∞ objective."""
+    values = torch.stack([t.detach().reshape(()) for t in tensors]).double().cpu().numpy()
+    for name, value in zip(names, values, strict=True):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"loss {name!r} is {value}: the objective is not finite")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _checked_params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    checked = list(params)
+    if not checked:
+        raise ValueError("params is empty: give the parameters whose .grad to fill")
+    for index, param in enumerate(checked):
+        if not isinstance(param, torch.Tensor):
+            raise TypeError(f"params[{index}] must be a torch.Tensor, got {type(param).__name__}")
+        if not param.requires_grad:
+            raise ValueError(f"params[{index}] (shape {tuple(param.shape)}) does not require grad")
+    return checked
+
+
+def _checked_features(features: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    tensors = [features] if isinstance(features, torch.Tensor) else list(features)
+    if not tensors:
+        raise ValueError("features is empty: give the shared feature tensors, or None")
+    for index, feature in enumerate(tensors):
+        if not isinstance(feature, torch.Tensor):
+            raise TypeError(
+                f"features[{index}] must be a torch.Tensor, got {type(feature).__name__}"
+            )
+        if feature.grad_fn is None:
+            raise ValueError(
+                f"features[{index}] has no autograd history: pass the tensor the losses were "
+                f"computed from (e.g. the latent y of the same forward pass), not a detached "
+                f"copy or a leaf"
+            )
+    return tensors
+
+
+def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
+    """Add ``gradient`` to ``param.grad`` like ``Tensor.backward`` does."""
+    if param.grad is None:
+        param.grad = gradient.detach().to(param.dtype)
+    else:
+        param.grad.add_(gradient.to(param.grad.dtype))
+
+
+def _gram_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """Float64 for float64 gradients, float32 otherwise (bfloat16 and float16 included)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _per_objective_gradients(
+    tensors: list[torch.Tensor],
+    inputs: list[torch.Tensor],
+    mode: GramMode,
+    retain_graph: bool,
+) -> list[list[torch.Tensor | None]]:
+    """``grads[i][j] = ∂L_i/∂inputs[j]`` (None where objective i does not reach input j)."""
+    k = len(tensors)
+    if mode == "batched" and k > 1:
+        stacked = torch.stack([t.reshape(()) for t in tensors])
+        eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
+        batched = torch.autograd.grad(
+            stacked,
+            inputs,
+            grad_outputs=eye,
+            retain_graph=retain_graph,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return [[None if g is None else g[i] for g in batched] for i in range(k)]
+    grads: list[list[torch.Tensor | None]] = []
+    for i, loss in enumerate(tensors):
+        keep = retain_graph or i < k - 1
+        grads.append(list(torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)))
+    return grads
+
+
+def _gram(grads: list[list[torch.Tensor | None]], count: int) -> FloatArray:
+    """Return the ``k × k`` Gram of the per-objective gradients over ``count`` inputs."""
+    k = len(grads)
+    present = [g for row in grads for g in row if g is not None]
+    if not present:
+        return np.zeros((k, k))
+    dtype = _gram_dtype(present)
+    device = present[0].device
+    gram = torch.zeros((k, k), dtype=dtype, device=device)
+    for j in range(count):
+        column = [grads[i][j] for i in range(k)]
+        if all(g is None for g in column):
+            continue
+        reference = next(g for g in column if g is not None)
+        rows = torch.stack(
+            [
+                (torch.zeros_like(reference) if g is None else g).reshape(-1).to(dtype)
+                for g in column
+            ]
+        )
+        gram += rows @ rows.T
+    host = gram.double().cpu().numpy()
+    symmetric: FloatArray = 0.5 * (host + host.T)
+    return symmetric
+
+
+def _combine(
+    grads: list[list[torch.Tensor | None]], weights: FloatArray, j: int
+) -> torch.Tensor | None:
+    """``Σ_i w_i grads[i][j]`` over the objectives that reach input j, or None if none does."""
+    total: torch.Tensor | None = None
+    for i, w in enumerate(weights):
+        g = grads[i][j]
+        if g is None:
+            continue
+        term = g * float(w)
+        total = term if total is None else total + term
+    return total
+
+
+Node = torch.autograd.graph.Node
+
+
+def _leaf_ids(roots: Iterable[Node], stop: set[Node]) -> set[int]:
+    """Return the ids of the leaf tensors reachable from ``roots`` without entering ``stop``."""
+    found: set[int] = set()
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen or node in stop:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            found.add(id(variable))
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return found
+
+
+def _split_at_features(
+    tensors: list[torch.Tensor], features: list[torch.Tensor], params: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Split ``params`` into the trunk and the heads of the graph cut by ``features``.
+
+    The trunk is what the features depend on; the heads are reached from the losses without
+    passing through the features. A parameter on both sides is an error.
+    """
+    feature_nodes = {f.grad_fn for f in features if f.grad_fn is not None}
+    trunk_ids = _leaf_ids(feature_nodes, set())
+    head_ids = _leaf_ids([t.grad_fn for t in tensors if t.grad_fn is not None], feature_nodes)
+    shared = [p for p in params if id(p) in trunk_ids and id(p) in head_ids]
+    if shared:
+        raise ValueError(
+            f"{len(shared)} parameter(s) (first of shape {tuple(shared[0].shape)}) are used both "
+            f"before and after the features: features mode needs the features to cut the graph; "
+            f"choose other features or use the parameter Gram (features=None)"
+        )
+    trunk = [p for p in params if id(p) in trunk_ids]
+    heads = [p for p in params if id(p) not in trunk_ids]
+    return trunk, heads
+
+
+def balanced_backward(
+    losses: LossesLike,
+    balancer: Balancer,
+    params: Iterable[torch.Tensor],
+    *,
+    features: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    gram_mode: GramMode = "sequential",
+    retain_graph: bool = False,
+) -> BalancedStep:
+    """Accumulate ``Σ_i w_i ∇L_i`` into ``.grad`` of ``params``, with ``w`` from ``balancer``.
+
+    Parameters
+    ----------
+    losses : sequence or mapping of torch.Tensor
+        The k scalar objective values of this step (a mapping names them, for messages).
+    balancer : moopt.Balancer
+        Any balancer; it gets the loss values and, if it needs it, the Gram.
+    params : iterable of torch.Tensor
+        The parameters whose ``.grad`` to fill. Gradients accumulate like
+        ``Tensor.backward`` (onto an existing ``.grad``); parameters no objective reaches are
+        left untouched, and an objective that does not reach a parameter contributes zero.
+    features : torch.Tensor or sequence of torch.Tensor, optional
+        Shared features the losses are computed from (e.g. a codec's latent ``y``). The Gram
+        is then that of ``∂L_i/∂features`` and the trunk before the features is
+        back-propagated once (see the module documentation). Ignored by balancers that need
+        no Gram.
+    gram_mode : {"sequential", "batched"}, default "sequential"
+        How the per-objective gradients are computed: k backward passes, or one vectorised
+        pass (``is_grads_batched=True``). Sequential is the faster on CPU
+        (``benchmarks/step_overhead.py``).
+    retain_graph : bool, default False
+        Keep the autograd graph after the call (as in ``Tensor.backward``).
+
+    Returns
+    -------
+    BalancedStep
+        The weights, the loss values and the Gram handed to the balancer.
+
+    Raises
+    ------
+    TypeError
+        If ``losses``, ``params`` or ``features`` hold something other than tensors.
+    ValueError
+        If there are no losses or no params, a loss is not a scalar, does not require grad,
+        or is NaN/∞ (the message names the objective), a feature has no autograd history,
+        ``gram_mode`` is unknown, or the balancer rejects its input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from moopt import EqQPBalancer
+    >>> theta = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> losses = {"a": (theta**2).sum(), "b": (theta - 3).abs().sum()}
+    >>> step = balanced_backward(losses, EqQPBalancer(), [theta])
+    >>> step.names, step.weights.sum()
+    (('a', 'b'), 1.0)
+    """
+    names, tensors = _named_losses(losses)
+    param_list = _checked_params(params)
+    if gram_mode not in _GRAM_MODES:
+        raise ValueError(f"gram_mode must be one of {_GRAM_MODES}, got {gram_mode!r}")
+    values = _loss_values(names, tensors)
+
+    if not balancer.requires_gram:
+        weights = balancer.weights(values)
+        total = sum(
+            (loss.reshape(()) * float(w) for loss, w in zip(tensors, weights, strict=True)),
+            start=torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device),
+        )
+        torch.autograd.backward(total, inputs=param_list, retain_graph=retain_graph)
+        return BalancedStep(weights, values, None, names)
+
+    if features is None:
+        grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
+        gram = _gram(grads, len(param_list))
+        weights = balancer.weights(values, gram)
+        for j, param in enumerate(param_list):
+            combined = _combine(grads, weights, j)
+            if combined is not None:
+                _accumulate(param, combined)
+        return BalancedStep(weights, values, gram, names)
+
+    feature_list = _checked_features(features)
+    trunk, heads = _split_at_features(tensors, feature_list, param_list)
+    inputs = feature_list + heads
+    # the trunk is not traversed here, so its buffers survive for the final pass
+    grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
+    gram = _gram([row[: len(feature_list)] for row in grads], len(feature_list))
+    weights = balancer.weights(values, gram)
+    for j, head in enumerate(heads, start=len(feature_list)):
+        combined = _combine(grads, weights, j)
+        if combined is not None:
+            _accumulate(head, combined)
+    feature_grads = [_combine(grads, weights, j) for j in range(len(feature_list))]
+    reached = [(f, g) for f, g in zip(feature_list, feature_grads, strict=True) if g is not None]
+    if trunk and reached:
+        torch.autograd.backward(
+            [f for f, _ in reached],
+            grad_tensors=[g for _, g in reached],
+            inputs=trunk,
+            retain_graph=retain_graph,
+        )
+    return BalancedStep(weights, values, gram, names)
+
+
+def update_balancer(
+    balancer: Balancer,
+    closure: Callable[[], LossesLike],
+    *,
+    step: int | None = None,
+    every: int = 1,
+) -> FloatArray | None:
+    """Re-evaluate the objectives without gradients and pass them to ``balancer.update``.
+
+    Call it after ``optimizer.step()`` with a closure that recomputes the k losses on the
+    *same batch* at the new parameters. The coarse-to-fine balancer learns its weights from
+    the change; stateless balancers ignore it (so the closure is not run for them).
+
+    Amortising the extra forward pass: with ``every=n`` (and the current ``step``) the
+    re-evaluation runs on one step in n only, cutting its cost by n. The balancer then learns
+    from the log-loss decrease of one step in n — the same signal, sampled less often, so its
+    logits move n times fewer times (raise ``logit_lr`` to compensate if needed). The
+    closure may also evaluate a sub-batch to cheapen each call, but then ``weights`` must
+    have received the losses of that same sub-batch, or the decrease mixes two batches.
+
+    Parameters
+    ----------
+    balancer : moopt.Balancer
+        The balancer that produced this step's weights.
+    closure : callable
+        Returns the k losses (sequence or mapping of scalar tensors, in the order given to
+        :func:`balanced_backward`); it is run under ``torch.no_grad()``.
+    step : int, optional
+        The current step number; required when ``every > 1``.
+    every : int, default 1
+        Re-evaluate on steps where ``step % every == 0``.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The new loss values, or None when nothing was evaluated.
+
+    Raises
+    ------
+    ValueError
+        If ``every < 1``, ``step`` is missing when ``every > 1``, or a new loss is NaN/∞.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer ≥ 1, got {every!r}")
+    if every > 1 and step is None:
+        raise ValueError(
+            "step is required when every > 1 (the re-evaluation runs when step % every == 0)"
+        )
+    if not balancer.requires_update or (step is not None and step % every != 0):
+        return None
+    with torch.no_grad():
+        losses = closure()
+    if isinstance(losses, Mapping):
+        names, tensors = tuple(str(n) for n in losses), list(losses.values())
+    else:
+        tensors = list(losses)
+        names = tuple(f"objective {i}" for i in range(len(tensors)))
+    values = _loss_values(names, tensors)
+    balancer.update(values)
+    return values

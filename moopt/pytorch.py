@@ -120,7 +120,7 @@ def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor]) -> FloatAr
 def _checked_params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(params, torch.Tensor):
         params = [params]
-    checked = list(params)
+    checked = list({id(p): p for p in params}.values())  # once each, in order
     if not checked:
         raise ValueError("params is empty: give the parameters whose .grad to fill")
     for index, param in enumerate(checked):
@@ -190,42 +190,49 @@ def _per_objective_gradients(
 
 
 def _gram(grads: list[list[torch.Tensor | None]], count: int) -> FloatArray:
-    """Return the ``k × k`` Gram of the per-objective gradients over ``count`` inputs."""
+    """Return the ``k × k`` Gram of the per-objective gradients over the first ``count`` inputs.
+
+    Computed on the gradients' device by dot products per input tensor (no concatenated
+    copy of the k gradients), in float64 for float64 gradients and float32 otherwise; only
+    the ``k × k`` result is copied to the host.
+    """
     k = len(grads)
-    present = [g for row in grads for g in row if g is not None]
+    present = [g for row in grads for g in row[:count] if g is not None]
     if not present:
         return np.zeros((k, k))
     dtype = _gram_dtype(present)
-    device = present[0].device
-    gram = torch.zeros((k, k), dtype=dtype, device=device)
+    pairs = [(a, b) for a in range(k) for b in range(a, k)]
+    entries = torch.zeros(len(pairs), dtype=dtype, device=present[0].device)
     for j in range(count):
-        column = [grads[i][j] for i in range(k)]
-        if all(g is None for g in column):
-            continue
-        reference = next(g for g in column if g is not None)
-        rows = torch.stack(
-            [
-                (torch.zeros_like(reference) if g is None else g).reshape(-1).to(dtype)
-                for g in column
-            ]
-        )
-        gram += rows @ rows.T
-    host = gram.double().cpu().numpy()
-    symmetric: FloatArray = 0.5 * (host + host.T)
-    return symmetric
+        flat = [None if (g := row[j]) is None else g.reshape(-1).to(dtype) for row in grads]
+        for index, (a, b) in enumerate(pairs):
+            left, right = flat[a], flat[b]
+            if left is not None and right is not None:
+                entries[index] += torch.dot(left, right)
+    values = entries.double().cpu().numpy()
+    gram = np.zeros((k, k))
+    for index, (a, b) in enumerate(pairs):
+        gram[a, b] = gram[b, a] = values[index]
+    return gram
 
 
 def _combine(
     grads: list[list[torch.Tensor | None]], weights: FloatArray, j: int
 ) -> torch.Tensor | None:
-    """``Σ_i w_i grads[i][j]`` over the objectives that reach input j, or None if none does."""
+    """``Σ_i w_i grads[i][j]`` over the objectives that reach input j, or None if none does.
+
+    One new tensor per input; the gradients themselves are never written to (autograd may
+    return one tensor for several inputs, or an expanded view).
+    """
     total: torch.Tensor | None = None
     for i, w in enumerate(weights):
         g = grads[i][j]
         if g is None:
             continue
-        term = g * float(w)
-        total = term if total is None else total + term
+        if total is None:
+            total = g * float(w)
+        else:
+            total.add_(g, alpha=float(w))
     return total
 
 

@@ -410,3 +410,18 @@ def test_balancer_is_any_balancer():
     step = balanced_backward(losses, Half(), model.parameters())
     _assert_grads(model, _reference(model, x, np.array([0.5, 0.5])))
     np.testing.assert_array_equal(step.weights, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("gram_mode", ["sequential", "batched"])
+def test_aliased_and_expanded_gradients(gram_mode):
+    """Autograd may hand back one tensor for two inputs ((p + q).sum()) or an expanded view
+    (p.sum()); the result is still exactly Σ w_i ∇L_i and the inputs are not corrupted."""
+    p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([0.3, 0.1, -1.0], dtype=torch.float64, requires_grad=True)
+    losses = [(p + q).sum() + 10.0, (p * q).sum() + p.pow(2).sum() + 10.0]
+    step = balanced_backward(losses, MGDABalancer("l2"), [p, q, p], gram_mode=gram_mode)
+    w = step.weights
+    expected_p = w[0] * torch.ones(3, dtype=torch.float64) + w[1] * (q.detach() + 2 * p.detach())
+    expected_q = w[0] * torch.ones(3, dtype=torch.float64) + w[1] * p.detach()
+    torch.testing.assert_close(p.grad, expected_p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(q.grad, expected_q, rtol=0, atol=1e-12)

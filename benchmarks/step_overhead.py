@@ -6,7 +6,8 @@ on CompressAI ``mbt2018_mean(quality=1)`` with a batch of 8 random 128×128 crop
 interleaved in one process (round-robin, the order rotating every round) so that machine
 noise hits them alike; the table gives the median and the fastest step of each, as ratios to
 the plain step's median and fastest. Peak memory is measured in a separate process per
-variant (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
+variant, over the steps only, above what is resident before them (on CPU the peak RSS since
+a reset of /proc/self/clear_refs minus the RSS then; on CUDA ``max_memory_allocated``).
 
     python benchmarks/step_overhead.py                    # CPU, 2 threads, 15 timed rounds
     python benchmarks/step_overhead.py --device cuda --rounds 30
@@ -20,7 +21,6 @@ import math
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -165,17 +165,34 @@ def measure_times(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def measure_memory(args: argparse.Namespace, label: str) -> float:
-    """Peak memory (MiB) of a few steps of one variant, in this (fresh) process."""
+    """Peak memory (MiB) of a few steps of one variant above the resident model, in this process.
+
+    On CUDA: ``max_memory_allocated`` over the steps; on CPU: the peak RSS over the steps
+    minus the RSS before them (the model, the batch and the libraries).
+    """
     bench = Bench(torch.device(args.device), args.batch, args.patch)
     variant = next(v for v in VARIANTS if v.label == label)
     balancer = variant.balancer() if variant.balancer else None
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    else:
+        # start the peak-RSS count here: model construction and image decoding can peak
+        # higher than a step and would hide the differences between variants
+        Path("/proc/self/clear_refs").write_text("5")
+    baseline = _proc_status_mib("VmRSS")
     for index in range(3):
         bench.step(variant, balancer, index)
     if bench.device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    return _proc_status_mib("VmHWM") - baseline
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` in MiB (``VmHWM``: peak RSS since the reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**10
+    raise RuntimeError(f"no {field} in /proc/self/status: peak memory needs Linux")
 
 
 def table(times: dict[str, list[float]], memory: dict[str, float], args: argparse.Namespace) -> str:
@@ -187,7 +204,7 @@ def table(times: dict[str, list[float]], memory: dict[str, float], args: argpars
         f"batch {args.batch} × {args.patch}²; {args.rounds} timed rounds after {args.warmup} "
         f"warm-up rounds; plain step median {base_median * 1e3:.0f} ms.",
         "",
-        "| variant | median ratio | fastest ratio | median ms | peak memory MiB |",
+        "| variant | median ratio | fastest ratio | median ms | step peak memory MiB |",
         "|---|---|---|---|---|",
     ]
     for variant in VARIANTS:

@@ -43,6 +43,7 @@ from moopt.validation import FloatArray
 __all__ = [
     "BalancedStep",
     "GramMode",
+    "NonFiniteError",
     "balanced_backward",
     "update_balancer",
 ]
@@ -51,6 +52,10 @@ GramMode = Literal["sequential", "batched"]
 _GRAM_MODES = ("sequential", "batched")
 
 LossesLike = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+
+class NonFiniteError(ValueError):
+    """A loss or an objective's gradient is NaN/∞; the message names the objective(s)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor]) -> FloatAr
     values = torch.stack([t.detach().reshape(()) for t in tensors]).double().cpu().numpy()
     for name, value in zip(names, values, strict=True):
         if not math.isfinite(float(value)):
-            raise ValueError(f"loss {name!r} is {value}: the objective is not finite")
+            raise NonFiniteError(f"loss {name!r} is {value}: the objective is not finite")
     return np.asarray(values, dtype=np.float64)
 
 
@@ -214,6 +219,17 @@ def _gram(grads: list[list[torch.Tensor | None]], count: int) -> FloatArray:
     for index, (a, b) in enumerate(pairs):
         gram[a, b] = gram[b, a] = values[index]
     return gram
+
+
+def _check_gram(names: tuple[str, ...], gram: FloatArray) -> None:
+    """Name the objectives whose gradient is NaN/∞ (a non-finite ``‖∇L_i‖²`` on the diagonal)."""
+    if np.isfinite(gram).all():
+        return
+    bad = [name for name, q in zip(names, np.diag(gram), strict=True) if not np.isfinite(q)]
+    raise NonFiniteError(
+        f"the gradient of {' and '.join(repr(n) for n in bad or names)} is not finite "
+        f"(NaN/∞, or its squared norm overflows)"
+    )
 
 
 def _combine(
@@ -322,9 +338,12 @@ def balanced_backward(
     TypeError
         If ``losses``, ``params`` or ``features`` hold something other than tensors.
     ValueError
-        If there are no losses or no params, a loss is not a scalar, does not require grad,
-        or is NaN/∞ (the message names the objective), a feature has no autograd history,
-        ``gram_mode`` is unknown, or the balancer rejects its input.
+        If there are no losses or no params, a loss is not a scalar or does not require
+        grad, a feature has no autograd history, ``gram_mode`` is unknown, or the balancer
+        rejects its input.
+    NonFiniteError
+        (a ``ValueError``) If a loss is NaN/∞, or, for Gram-based balancers, an objective's
+        gradient is; the message names the objective.
 
     Examples
     --------
@@ -354,6 +373,7 @@ def balanced_backward(
     if features is None:
         grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
         gram = _gram(grads, len(param_list))
+        _check_gram(names, gram)
         weights = balancer.weights(values, gram)
         for j, param in enumerate(param_list):
             combined = _combine(grads, weights, j)
@@ -367,6 +387,7 @@ def balanced_backward(
     # the trunk is not traversed here, so its buffers survive for the final pass
     grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
     gram = _gram([row[: len(feature_list)] for row in grads], len(feature_list))
+    _check_gram(names, gram)
     weights = balancer.weights(values, gram)
     for j, head in enumerate(heads, start=len(feature_list)):
         combined = _combine(grads, weights, j)

@@ -14,7 +14,7 @@ from moopt import (  # noqa: E402
     MGDABalancer,
     WeightedSumBalancer,
 )
-from moopt.pytorch import balanced_backward, update_balancer  # noqa: E402
+from moopt.pytorch import NonFiniteError, balanced_backward, update_balancer  # noqa: E402
 
 BALANCERS = {
     "weighted-sum": lambda: WeightedSumBalancer([1.0, 0.3]),
@@ -382,12 +382,26 @@ def test_error_when_a_parameter_is_used_on_both_sides_of_the_features():
         balanced_backward(losses, EqQPBalancer(), [w], features=features)
 
 
-def test_nan_gradient_is_rejected_by_the_balancer():
-    """A NaN in the gradients (finite losses) reaches the balancer as a NaN Gram and is refused."""
+@pytest.mark.parametrize("gram_mode", ["sequential", "batched"])
+def test_non_finite_gradient_names_the_objective(gram_mode):
+    """An ∞ gradient (finite losses) is caught from the Gram's diagonal and named.
+
+    (The batched pass multiplies the ∞ by the other objective's zero and names both.)
+    """
     p = _scalar(0.0)
-    losses = [torch.sqrt(p) + 1.0, p * 2 + 1.0]  # d sqrt(p)/dp = inf at 0
-    with pytest.raises(ValueError, match=r"gram must be finite"):
-        balanced_backward(losses, EqQPBalancer(), [p])
+    losses = {"rate": p * 2 + 1.0, "distortion": torch.sqrt(p) + 1.0}  # d sqrt(p)/dp = ∞ at 0
+    named = "'distortion'" if gram_mode == "sequential" else "'rate' and 'distortion'"
+    with pytest.raises(NonFiniteError, match=f"the gradient of {named} is not finite"):
+        balanced_backward(losses, EqQPBalancer(), [p], gram_mode=gram_mode)
+    assert p.grad is None  # nothing written
+
+
+def test_non_finite_gradient_in_features_mode():
+    p = _scalar(0.0)
+    feature = p * 1.0
+    losses = {"rate": feature * 2 + 1.0, "distortion": torch.sqrt(feature) + 1.0}
+    with pytest.raises(NonFiniteError, match=r"the gradient of 'distortion' is not finite"):
+        balanced_backward(losses, MGDABalancer(), [p], features=feature)
 
 
 def test_balancer_is_any_balancer():

@@ -1,4 +1,31 @@
 """moopt_lic: train CompressAI learned image compression codecs with moopt balancers.
 
-The adapter arrives with the trainer issue; this package is a placeholder for now.
+* :func:`train` with a :class:`TrainConfig` (or ``python -m moopt_lic.train``) trains a codec
+  with any balancer and writes checkpoints, TensorBoard logs and ``metrics.json``;
+* :func:`load_model` rebuilds a trained codec from a checkpoint file alone;
+* :class:`Rate` and :class:`Distortion` are the two objectives, as :class:`moopt.Objective`.
 """
+
+import warnings
+
+# CompressAI 1.2.8 calls torch.jit.script at import time, which torch ≥ 2.10 deprecates
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+
+from moopt_lic.config import TrainConfig  # noqa: E402
+from moopt_lic.errors import InputError  # noqa: E402
+from moopt_lic.models import ModelSpec, load_model  # noqa: E402
+from moopt_lic.objectives import CodecBatch, Distortion, Rate  # noqa: E402
+from moopt_lic.trainer import TrainingDiverged, TrainResult, train  # noqa: E402
+
+__all__ = [
+    "CodecBatch",
+    "Distortion",
+    "InputError",
+    "ModelSpec",
+    "Rate",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "load_model",
+    "train",
+]

@@ -1,0 +1,372 @@
+"""The configuration of a training run, and the command line generated from it.
+
+:class:`TrainConfig` is the single source of truth: ``python -m moopt_lic.train`` builds its
+argument parser from the dataclass fields (flag, help, choices), so the CLI and the Python
+API cannot drift apart. Its defaults are the built-in demo run (a small codec, a few minutes
+on two CPU cores); real training sets ``--dataset``, ``--quality``, ``--patch-size 256``,
+``--batch-size 16`` and many more steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from moopt_lic.errors import InputError
+from moopt_lic.models import MODELS, ModelSpec
+
+__all__ = [
+    "BALANCERS",
+    "DEFAULT_STEPS",
+    "TrainConfig",
+    "build_parser",
+    "config_from_args",
+    "flags_markdown",
+]
+
+#: Steps of a run that gives neither ``--steps`` nor ``--epochs`` (the built-in demo).
+DEFAULT_STEPS = 1500
+
+#: Names understood by ``--balancer``.
+BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
+
+
+def _channels(value: str) -> int | None:
+    """Parse ``--N``/``--M``: a channel count, or ``zoo`` for the zoo's value."""
+    if value.lower() in ("zoo", "none"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a channel count or 'zoo', got {value!r}"
+        ) from None
+
+
+def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
+    """Metadata of one field: its help text, flag name and argparse extras."""
+    return {"help": help, "flag": flag, "short": short, "argparse": kwargs}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; ``train(TrainConfig(...))`` runs it.
+
+    Every field is also a flag of ``python -m moopt_lic.train`` (``lmbda`` is ``--lambda``;
+    underscores become dashes). See the "Train a codec" page for the full flag list.
+    """
+
+    # data
+    dataset: str | None = field(
+        default=None,
+        metadata=_opt(
+            "folder of training photos (PNG/JPEG, searched recursively); default: the built-in "
+            "photos shipped with scikit-image",
+            short="-d",
+        ),
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata=_opt(
+            "folder of validation/evaluation photos; default: --holdout images of --dataset "
+            "(the built-in run holds out skimage's 'coffee')"
+        ),
+    )
+    holdout: int = field(
+        default=1,
+        metadata=_opt(
+            "images of --dataset held out for validation when there is no --eval-dataset"
+        ),
+    )
+    patch_size: int = field(
+        default=64,
+        metadata=_opt(
+            "side of the random square training crops; a multiple of the model's downsampling "
+            "factor (64 for the hyperprior models, 16 for bmshj2018-factorized)"
+        ),
+    )
+    batch_size: int = field(default=8, metadata=_opt("crops per step"))
+    workers: int = field(default=0, metadata=_opt("data-loading worker processes"))
+    # model
+    model: str = field(
+        default="mbt2018-mean",
+        metadata=_opt("CompressAI architecture by zoo name", short="-m", choices=list(MODELS)),
+    )
+    quality: int = field(
+        default=1,
+        metadata=_opt(
+            "zoo quality 1..8: picks N and M as CompressAI's zoo does (never downloads weights)",
+            short="-q",
+        ),
+    )
+    N: int | None = field(
+        default=64,
+        metadata=_opt(
+            "channels N; the default 64 (with M 96) is the small codec of the built-in demo; "
+            "'zoo' (None): CompressAI's value for --quality",
+            flag="--N",
+            type=_channels,
+        ),
+    )
+    M: int | None = field(
+        default=96,
+        metadata=_opt(
+            "latent channels M; 'zoo' (None): CompressAI's value for --quality",
+            flag="--M",
+            type=_channels,
+        ),
+    )
+    # objectives
+    metric: str = field(
+        default="mse",
+        metadata=_opt(
+            "distortion: λ·255²·MSE or λ·(1 − MS-SSIM); MS-SSIM needs --patch-size > 160",
+            choices=["mse", "ms-ssim"],
+        ),
+    )
+    lmbda: float = field(
+        default=0.013,
+        metadata=_opt(
+            "the rate–distortion trade-off λ > 0 inside D (see 'What λ means under balancing')",
+            flag="--lambda",
+        ),
+    )
+    # balancer
+    balancer: str = field(
+        default="coarse-to-fine",
+        metadata=_opt("how rate and distortion gradients are combined", choices=list(BALANCERS)),
+    )
+    logit_lr: float = field(default=0.025, metadata=_opt("coarse-to-fine: logit learning rate β"))
+    gamma: float = field(default=0.003, metadata=_opt("coarse-to-fine: logit weight decay γ"))
+    logit_optimizer: str = field(
+        default="adam",
+        metadata=_opt("coarse-to-fine: how the logits are updated", choices=["adam", "sgd"]),
+    )
+    loss_floor: float | None = field(
+        default=None,
+        metadata=_opt(
+            "shift m of the log-losses log(L − m) (default: −1 for coarse-to-fine, 0 for eq-qp)"
+        ),
+    )
+    update_every: int = field(
+        default=1,
+        metadata=_opt(
+            "coarse-to-fine: re-evaluate the losses for the logit update every n steps "
+            "(n× cheaper, n× fewer logit updates)"
+        ),
+    )
+    mgda_normalization: str = field(
+        default="none",
+        metadata=_opt("mgda: gradient normalisation", choices=["none", "loss", "l2"]),
+    )
+    features: bool = field(
+        default=False,
+        metadata=_opt(
+            "mgda/eq-qp: take the Gram of the gradients w.r.t. the latent y (one backward pass "
+            "through the encoder) instead of all parameters"
+        ),
+    )
+    gram_mode: str = field(
+        default="sequential",
+        metadata=_opt(
+            "mgda/eq-qp: per-objective gradients by k passes or one batched pass",
+            choices=["sequential", "batched"],
+        ),
+    )
+    # optimisation
+    steps: int | None = field(
+        default=None,
+        metadata=_opt(f"training steps (default {DEFAULT_STEPS} unless --epochs is given)"),
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata=_opt(
+            "training length in passes over the training images (one crop each); replaces --steps"
+        ),
+    )
+    lr: float = field(default=1e-3, metadata=_opt("Adam learning rate of the codec"))
+    aux_lr: float = field(
+        default=1e-3,
+        metadata=_opt(
+            "Adam learning rate of the entropy bottleneck's quantiles (aux_loss, never balanced)"
+        ),
+    )
+    lr_schedule: str = field(
+        default="cosine",
+        metadata=_opt(
+            "learning-rate schedule over the run", choices=["constant", "cosine", "step"]
+        ),
+    )
+    clip_max_norm: float = field(
+        default=1.0, metadata=_opt("clip the balanced gradient's norm to this (0: no clipping)")
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=_opt(
+            "start from this checkpoint's model weights (fine-tuning, e.g. with --balancer eq-qp)"
+        ),
+    )
+    # run
+    seed: int = field(
+        default=0,
+        metadata=_opt(
+            "fixes the initial weights, the data order, the crops and the quantisation noise"
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_opt("auto: CUDA when present, else CPU", choices=["auto", "cpu", "cuda"]),
+    )
+    threads: int | None = field(default=None, metadata=_opt("torch CPU threads (default: torch's)"))
+    out: str | None = field(
+        default=None,
+        metadata=_opt("output folder (default: runs/<date>-<model>-<balancer>)", short="-o"),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_opt("continue the run in --out exactly where its last checkpoint left it"),
+    )
+    checkpoint_every: int = field(default=200, metadata=_opt("write checkpoint.pt every n steps"))
+    eval_every: int = field(
+        default=200, metadata=_opt("validate (and keep checkpoint_best.pt) every n steps")
+    )
+    log_every: int = field(default=10, metadata=_opt("TensorBoard scalars every n steps"))
+    progress: bool = field(default=True, metadata=_opt("show a progress bar"))
+    final_eval: bool = field(
+        default=True,
+        metadata=_opt("at the end, compress and decompress the evaluation images for real"),
+    )
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The codec to build (``N``/``M`` of None mean the zoo's values for the quality)."""
+        return ModelSpec(self.model, self.quality, self.N, self.M)
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for a bad value, naming the flag and what is allowed."""
+        spec = self.model_spec
+        if self.balancer not in BALANCERS:
+            raise InputError(
+                f"unknown balancer {self.balancer!r}; choose one of: {', '.join(BALANCERS)}"
+            )
+        if not (math.isfinite(self.lmbda) and self.lmbda > 0):
+            raise InputError(f"--lambda must be a finite number > 0, got {self.lmbda}")
+        if self.patch_size < 1 or self.patch_size % spec.downsampling:
+            suggestion = max(1, self.patch_size // spec.downsampling) * spec.downsampling
+            raise InputError(
+                f"--patch-size {self.patch_size} is not a multiple of {spec.downsampling}, the "
+                f"downsampling factor of {self.model}; use e.g. {suggestion}"
+            )
+        if self.metric == "ms-ssim" and self.patch_size <= 160:
+            raise InputError(
+                f"--metric ms-ssim needs --patch-size > 160 (pytorch_msssim's five scales with "
+                f"an 11-pixel window), got {self.patch_size}; use 192 or 256"
+            )
+        positive = ("batch_size", "checkpoint_every", "eval_every", "log_every", "update_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InputError(f"--{_flag(name)} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("lr", "aux_lr"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("logit_lr", "gamma", "clip_max_norm", "holdout", "workers"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{_flag(name)} must be ≥ 0, got {getattr(self, name)}")
+        if self.steps is not None and self.epochs is not None:
+            raise InputError("give --steps or --epochs, not both")
+        if self.epochs is not None and not self.epochs > 0:
+            raise InputError(f"--epochs must be > 0, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be ≥ 1, got {self.threads}")
+
+    def total_steps(self, epoch_size: int) -> int:
+        """Return the run's length in steps (``--epochs`` converted with ``epoch_size`` images)."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * epoch_size / self.batch_size))
+        return DEFAULT_STEPS if self.steps is None else self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for checkpoints and ``metrics.json``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def _flag(name: str) -> str:
+    meta = next(f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return (meta.get("flag") or "--" + name.replace("_", "-")).lstrip("-")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "python -m moopt_lic.train") -> argparse.ArgumentParser:
+    """Build the argument parser of ``python -m moopt_lic.train``, one flag per config field."""
+    parser = _OneLineErrorParser(
+        prog=prog,
+        description="Train a CompressAI codec with a moopt gradient balancer. With no "
+        "arguments: a small codec on built-in photos with the coarse-to-fine balancer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flags = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+        if meta.get("short"):
+            flags.insert(0, meta["short"])
+        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name, **meta["argparse"]}
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = f.default
+        else:
+            kwargs.setdefault("type", {"int": int, "float": float}.get(kind.split(" ")[0], str))
+            kwargs["default"] = f.default
+            if "str | None" in kind or "None" in kind:
+                kwargs["metavar"] = f.name.upper() if f.name not in ("N", "M") else f.name
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def flags_markdown() -> str:
+    """Return the flags of ``python -m moopt_lic.train`` as a Markdown table, from the parser.
+
+    The documentation's "Train a codec" page shows this table (inserted at build time), so
+    the documented flags are always the parser's.
+    """
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
+        default = "" if action.default in (None, argparse.SUPPRESS) else f"`{action.default}`"
+        meaning = action.help or ""
+        if action.choices:
+            meaning += " (one of: " + ", ".join(f"`{c}`" for c in action.choices) + ")"
+        rows.append(f"| {flags} | {default} | {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`TrainConfig`."""
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(**vars(args))
+    config.validate()
+    return config

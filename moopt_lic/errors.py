@@ -1,0 +1,13 @@
+"""The one exception type for bad user input (files, folders, flag values).
+
+The command-line tools print an :class:`InputError` as one line, without a traceback, and
+exit with status 2; the Python API simply raises it (it is a :class:`ValueError`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError"]
+
+
+class InputError(ValueError):
+    """Bad input from the user: the message names the file, folder or value and what is allowed."""

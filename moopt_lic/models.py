@@ -1,0 +1,174 @@
+"""CompressAI codecs by zoo name, built fresh (never with downloaded weights), and reloaded.
+
+A :class:`ModelSpec` (zoo name, quality, ``N``, ``M``) is all it takes to rebuild a model;
+every checkpoint of :mod:`moopt_lic` stores it beside the weights, so :func:`load_model`
+needs the checkpoint file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models import (
+    Cheng2020Anchor,
+    Cheng2020Attention,
+    Elic2022Chandelier,
+    Elic2022Official,
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from compressai.zoo.image import cfgs
+
+from moopt_lic.errors import InputError
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "load_model", "main_and_aux_parameters"]
+
+
+@dataclass(frozen=True)
+class _Architecture:
+    cls: type[torch.nn.Module]
+    downsampling: int  # the crop and padding multiple: total stride of g_a and h_a
+    takes_m: bool = True  # Cheng2020 has N only
+    default_nm: tuple[int, int] = (192, 320)  # where CompressAI's zoo has no per-quality cfg
+    min_m: int = 1  # ELIC splits M into channel groups 16, 16, 32, 64 and M − 128
+
+
+#: Zoo names understood by ``--model``.
+MODELS: dict[str, _Architecture] = {
+    "bmshj2018-factorized": _Architecture(FactorizedPrior, 16),
+    "bmshj2018-hyperprior": _Architecture(ScaleHyperprior, 64),
+    "mbt2018-mean": _Architecture(MeanScaleHyperprior, 64),
+    "mbt2018": _Architecture(JointAutoregressiveHierarchicalPriors, 64),
+    "cheng2020-anchor": _Architecture(Cheng2020Anchor, 64, takes_m=False),
+    "cheng2020-attn": _Architecture(Cheng2020Attention, 64, takes_m=False),
+    "elic2022-official": _Architecture(Elic2022Official, 64, min_m=129),
+    "elic2022-chandelier": _Architecture(Elic2022Chandelier, 64, min_m=129),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a codec is: a zoo name, a quality (1–8) and optional ``N``/``M`` overrides.
+
+    ``N`` and ``M`` default to CompressAI's zoo configuration for ``quality`` (ELIC, not in
+    the zoo, to its paper's 192/320); Cheng2020 models have no ``M``.
+    """
+
+    name: str
+    quality: int = 1
+    N: int | None = None
+    M: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise InputError(f"unknown model {self.name!r}; choose one of: {', '.join(MODELS)}")
+        if not 1 <= self.quality <= 8:
+            raise InputError(f"quality must be 1..8, got {self.quality}")
+        for field in ("N", "M"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise InputError(f"--{field} must be a positive channel count, got {value}")
+        arch = MODELS[self.name]
+        if self.M is not None and not arch.takes_m:
+            raise InputError(f"model {self.name!r} has no M (it takes --N only)")
+        if self.M is not None and self.M < arch.min_m:
+            raise InputError(
+                f"model {self.name!r} needs --M ≥ {arch.min_m} (its latent channel groups are "
+                f"16, 16, 32, 64 and M − 128), got {self.M}"
+            )
+
+    @property
+    def downsampling(self) -> int:
+        """Crops and padded images must be a multiple of this."""
+        return MODELS[self.name].downsampling
+
+    def channels(self) -> tuple[int, ...]:
+        """Return the constructor's ``(N, M)`` (``(N,)`` for Cheng2020)."""
+        arch = MODELS[self.name]
+        zoo = cfgs.get(self.name, {}).get(self.quality)
+        defaults = tuple(zoo) if zoo else arch.default_nm[: 2 if arch.takes_m else 1]
+        n = self.N if self.N is not None else defaults[0]
+        if not arch.takes_m:
+            return (n,)
+        return (n, self.M if self.M is not None else defaults[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for a checkpoint."""
+        return dataclasses.asdict(self)
+
+
+def build_model(spec: ModelSpec) -> torch.nn.Module:
+    """Build a freshly initialised codec (no pretrained weights are ever downloaded)."""
+    return MODELS[spec.name].cls(*spec.channels())
+
+
+def main_and_aux_parameters(
+    model: torch.nn.Module,
+) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Split the parameters: the entropy bottlenecks' ``quantiles`` belong to ``aux_loss``.
+
+    The first list is what rate and distortion train (and the balancer balances); the second
+    is trained by the auxiliary optimizer only.
+    """
+    main, aux = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (aux if name.endswith(".quantiles") else main).append(param)
+    return main, aux
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a trained codec from a :mod:`moopt_lic` checkpoint file alone.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``checkpoint.pt`` or ``checkpoint_best.pt`` written by ``moopt_lic.train``.
+    device : str or torch.device, default "cpu"
+        Where to put the model.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model in eval mode, with its entropy coders' CDF tables built
+        (``update(force=True)``), ready for ``compress``/``decompress``.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or is not a moopt_lic checkpoint.
+    """
+    checkpoint = read_checkpoint(path)
+    spec = ModelSpec(**checkpoint["model_spec"])
+    model = build_model(spec)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    model.update(force=True)  # type: ignore[operator]
+    return model
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU, with a clear error for a missing or foreign file."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"checkpoint {str(file)!r} does not exist")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise InputError(f"cannot read checkpoint {str(file)!r}: {error}") from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "model" not in checkpoint
+        or "model_spec" not in checkpoint
+    ):
+        raise InputError(
+            f"{str(file)!r} is not a moopt_lic checkpoint (it needs 'model' and 'model_spec')"
+        )
+    return checkpoint

@@ -1,0 +1,521 @@
+"""The training loop of ``python -m moopt_lic.train``: one balanced R-D step at a time.
+
+One step reads top to bottom (:meth:`Trainer.train_step`)::
+
+    x, noise seeds ──► model(x) ──► {rate, distortion}            (moopt_lic.objectives)
+                   ──► balanced_backward(losses, balancer, params) (moopt.pytorch)
+                   ──► clip, optimizer.step()
+                   ──► update_balancer(same batch, same noise)     (coarse-to-fine only)
+                   ──► aux_loss step of the entropy bottleneck     (never balanced)
+
+Checkpoints hold everything the next step depends on (model, both optimizers, scheduler,
+balancer, RNGs, step); the data and the noise are functions of ``(seed, sample number)``, so
+a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from moopt import (
+    Balancer,
+    CoarseToFineBalancer,
+    EqQPBalancer,
+    MGDABalancer,
+    WeightedSumBalancer,
+)
+from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
+from moopt_lic.checkpoint import atomic_save, capture_rng_state, restore_rng_state
+from moopt_lic.codec import code_image, crop_padding, pad_image
+from moopt_lic.config import TrainConfig
+from moopt_lic.data import (
+    BUILTIN_EVAL_PHOTOS,
+    BUILTIN_TRAIN_PHOTOS,
+    CropDataset,
+    ImageSet,
+    builtin_photos,
+    image_to_tensor,
+)
+from moopt_lic.errors import InputError
+from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
+from moopt_lic.noise import per_sample_noise
+from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
+
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_balancer", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+METRICS = "metrics.json"
+#: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
+#: (``threads`` is not one: another thread count changes the order of float sums, and the
+#: resumed run would no longer be bit-identical.)
+RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume")
+#: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
+EFFECTIVE_LAMBDA_WINDOW = 50
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN/∞; the message names the step and the objective."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the outputs are and the run summary."""
+
+    out: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def build_balancer(config: TrainConfig) -> Balancer:
+    """Build the balancer named by ``config.balancer``, with its hyper-parameters."""
+    if config.balancer == "weighted-sum":
+        return WeightedSumBalancer([1.0, 1.0])  # λ is inside D: L = R + D
+    if config.balancer == "mgda":
+        return MGDABalancer(normalization=config.mgda_normalization)  # type: ignore[arg-type]
+    if config.balancer == "eq-qp":
+        floor = 0.0 if config.loss_floor is None else config.loss_floor
+        return EqQPBalancer(log_losses=True, loss_floor=floor)
+    floor = -1.0 if config.loss_floor is None else config.loss_floor
+    return CoarseToFineBalancer(
+        2,
+        logit_lr=config.logit_lr,
+        gamma=config.gamma,
+        loss_floor=floor,
+        logit_optimizer=config.logit_optimizer,  # type: ignore[arg-type]
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def _lr_factor(schedule: str, total: int) -> Any:
+    def factor(step: int) -> float:
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if schedule == "step":
+            return 0.1 if step >= 0.9 * total else 1.0
+        return 1.0
+
+    return factor
+
+
+def _images(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """Return the training and the validation images."""
+    if config.dataset is None:
+        train_set = builtin_photos(BUILTIN_TRAIN_PHOTOS)
+        if config.eval_dataset is None:
+            return train_set, builtin_photos(BUILTIN_EVAL_PHOTOS)
+        return train_set, ImageSet.from_folder(config.eval_dataset)
+    images = ImageSet.from_folder(config.dataset)
+    if config.eval_dataset is not None:
+        return images, ImageSet.from_folder(config.eval_dataset)
+    if config.holdout < 1 or len(images) <= config.holdout:
+        raise InputError(
+            f"--dataset {config.dataset!r} has {len(images)} image(s): holding out "
+            f"--holdout {config.holdout} for validation leaves none to train on (or none to "
+            f"validate on); pass --eval-dataset DIR or change --holdout"
+        )
+    return images.split(config.holdout, config.seed)
+
+
+def _check_msssim_sizes(images: ImageSet) -> None:
+    for index in range(len(images)):
+        height, width = images[index].shape[:2]
+        if min(height, width) <= MSSSIM_MIN_SIDE:
+            raise InputError(
+                f"--metric ms-ssim: evaluation image {images.names[index]!r} is {width}×{height}; "
+                f"MS-SSIM's five scales need both sides > {MSSSIM_MIN_SIDE} (pass another "
+                f"--eval-dataset, or --holdout images that are large enough)"
+            )
+
+
+def _default_out(config: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.model}-{config.balancer}"
+
+
+class Trainer:
+    """A run: the model, its optimizers, the balancer, the data; steps and checkpoints.
+
+    Use :func:`train`; the class is public for tests and for callers that drive steps
+    themselves.
+    """
+
+    def __init__(self, config: TrainConfig, out: Path, resume_from: dict[str, Any] | None):
+        self.config = config
+        self.out = out
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        train_images, self.eval_images = _images(config)
+        if config.metric == "ms-ssim":
+            _check_msssim_sizes(self.eval_images)
+        self.data = CropDataset(train_images, config.patch_size, config.seed)
+        self.total_steps = config.total_steps(self.data.epoch_size)
+        self.spec = config.model_spec
+
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
+        self.model = build_model(self.spec).to(self.device).train()
+        if config.init_from and resume_from is None:
+            self._load_initial_weights(config.init_from)
+        self.main_params, aux_params = main_and_aux_parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.main_params, lr=config.lr)
+        self.aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(config.lr_schedule, self.total_steps)
+        )
+        self.balancer = build_balancer(config)
+        self.rate, self.distortion = rd_objectives(config.lmbda, config.metric)  # type: ignore[arg-type]
+        self._latent: list[torch.Tensor] = []
+        if config.features:
+            if not hasattr(self.model, "g_a"):
+                raise InputError(f"--features needs a model with an encoder g_a; {config.model}")
+            self.model.g_a.register_forward_hook(lambda _m, _i, y: self._latent.append(y))
+
+        self.step = 0
+        self.recent_effective_lambda: list[float] = []  # of the last EFFECTIVE_LAMBDA_WINDOW
+        self.best: dict[str, float] | None = None
+        self.elapsed = 0.0
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # ----------------------------------------------------------------- one training step
+    def losses(self, x: torch.Tensor, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """Rate and distortion of the model on ``x`` with the samples' own noise."""
+        self._latent.clear()
+        with per_sample_noise(seeds):
+            output = self.model(x)
+        batch = CodecBatch(x, output)
+        return {self.rate.name: self.rate(batch), self.distortion.name: self.distortion(batch)}
+
+    def train_step(self, x: torch.Tensor, seeds: list[int]) -> BalancedStep:
+        """One step: balanced backward, clip, optimizer, balancer update, aux step."""
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.losses(x, seeds)
+        try:
+            result = balanced_backward(
+                losses,
+                self.balancer,
+                self.main_params,
+                features=self._latent[-1] if config.features else None,
+                gram_mode=config.gram_mode,  # type: ignore[arg-type]
+            )
+        except NonFiniteError as error:
+            raise TrainingDiverged(f"step {self.step + 1}: {error}") from None
+        norm = self._gradient_norm()
+        if not math.isfinite(norm):
+            raise TrainingDiverged(
+                f"step {self.step + 1}: the gradient of {self._blame_gradient(x, seeds)} is "
+                f"not finite (norm {norm})"
+            )
+        self.optimizer.step()
+        try:
+            update_balancer(
+                self.balancer,
+                lambda: self.losses(x, seeds),
+                step=self.step,
+                every=config.update_every,
+            )
+        except NonFiniteError as error:
+            raise TrainingDiverged(f"step {self.step + 1} (re-evaluation): {error}") from None
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss = self.model.aux_loss()  # type: ignore[operator]
+        aux_loss.backward()
+        self.aux_optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.last_aux_loss = float(aux_loss.detach())
+        self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
+        del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
+        return result
+
+    def _gradient_norm(self) -> float:
+        if self.config.clip_max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.main_params, self.config.clip_max_norm)
+        else:
+            grads = [p.grad for p in self.main_params if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        return float(norm)
+
+    def _blame_gradient(self, x: torch.Tensor, seeds: list[int]) -> str:
+        """Name the objective(s) whose own gradient is not finite (recomputed on the batch)."""
+        culprits = []
+        for name, loss in self.losses(x, seeds).items():
+            grads = torch.autograd.grad(
+                loss, self.main_params, retain_graph=True, allow_unused=True
+            )
+            if any(g is not None and not torch.isfinite(g).all() for g in grads):
+                culprits.append(repr(name))
+        return "objective " + " and ".join(culprits) if culprits else "the balanced loss"
+
+    # ---------------------------------------------------------------------- the loop
+    def batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
+        """Yield the batches of the remaining steps: step s holds samples ``s·B … s·B + B − 1``."""
+        size = self.config.batch_size
+        sampler = [
+            list(range(s * size, (s + 1) * size)) for s in range(self.step, self.total_steps)
+        ]
+        loader = torch.utils.data.DataLoader(
+            self.data, batch_sampler=sampler, num_workers=self.config.workers
+        )
+        for x, seeds in loader:
+            yield x.to(self.device, non_blocking=True), [int(s) for s in seeds]
+
+    def run(self) -> dict[str, Any]:
+        """Train to the last step, validating and checkpointing, then evaluate; the summary."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not config.progress,
+            desc=f"{config.model} {config.balancer}",
+            dynamic_ncols=True,
+        )
+        times: list[float] = []
+        try:
+            for x, seeds in self.batches():
+                start = time.perf_counter()
+                result = self.train_step(x, seeds)
+                times.append(time.perf_counter() - start)
+                self.elapsed += times[-1]
+                bar.update(1)
+                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                    scalars = self._step_scalars(result, times)
+                    for name, value in scalars.items():
+                        writer.add_scalar(name, value, self.step)
+                    bar.set_postfix(
+                        bpp=f"{scalars['train/rate_bpp']:.3f}",
+                        λ_eff=f"{scalars['balancer/effective_lambda']:.4g}",
+                    )
+                    times.clear()
+                if self.step % config.eval_every == 0 or self.step == self.total_steps:
+                    self._validate(writer)
+                if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save(self.out / CHECKPOINT)
+        finally:
+            bar.close()
+            writer.close()
+        return self.finish()
+
+    def _step_scalars(self, result: BalancedStep, times: list[float]) -> dict[str, float]:
+        rate, distortion = (float(v) for v in result.losses)
+        w_rate, w_distortion = (float(w) for w in result.weights)
+        scalars = {
+            "train/rate_bpp": rate,
+            "train/distortion": distortion,
+            "train/loss": rate + distortion,
+            "train/aux_loss": self.last_aux_loss,
+            "balancer/weight_rate": w_rate,
+            "balancer/weight_distortion": w_distortion,
+            "balancer/effective_lambda": effective_lambda(self.config.lmbda, result.weights),
+            "time/step_seconds": float(np.mean(times)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if self.config.metric == "mse":
+            scalars["train/psnr"] = mse_to_psnr(distortion / (self.config.lmbda * 255**2))
+        return scalars
+
+    # -------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def _validate(self, writer: SummaryWriter) -> dict[str, float]:
+        """Likelihood-estimated rate, PSNR and R-D loss on the evaluation images."""
+        self.model.eval()
+        totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": []}
+        for index in range(len(self.eval_images)):
+            x = image_to_tensor(self.eval_images[index]).to(self.device)
+            padded, padding = pad_image(x, self.spec.downsampling)
+            output = self.model(padded)
+            output["x_hat"] = crop_padding(output["x_hat"], padding).clamp(0, 1)
+            batch = CodecBatch(x, output)
+            rate = (
+                float(self.rate(batch))
+                * padded.shape[-1]
+                * padded.shape[-2]
+                / (x.shape[-1] * x.shape[-2])
+            )
+            distortion = float(self.distortion(batch))
+            totals["bpp"].append(rate)
+            totals["psnr"].append(mse_to_psnr(float(torch.mean((output["x_hat"] - x) ** 2))))
+            totals["loss"].append(rate + distortion)
+        self.model.train()
+        summary = {name: float(np.mean(values)) for name, values in totals.items()}
+        for name, value in summary.items():
+            writer.add_scalar(f"val/{name}", value, self.step)
+        if self.best is None or summary["loss"] < self.best["loss"]:
+            self.best = {"step": self.step, **summary}
+            self.save(self.out / BEST_CHECKPOINT)
+        return summary
+
+    # ------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """Return the checkpoint: ``"model"`` is the model's ``state_dict``; the rest resumes."""
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "model_spec": self.spec.to_dict(),
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "rng": capture_rng_state(),
+            "best": self.best,
+            "elapsed": self.elapsed,
+            "recent_effective_lambda": self.recent_effective_lambda,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint atomically."""
+        atomic_save(self.state(), path)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.balancer.load_state_dict(state["balancer"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.best = state["best"]
+        self.elapsed = float(state["elapsed"])
+        self.recent_effective_lambda = list(state["recent_effective_lambda"])
+
+    def _load_initial_weights(self, path: str) -> None:
+        checkpoint = read_checkpoint(path) if Path(path).is_file() else None
+        if checkpoint is None:
+            raise InputError(f"--init-from {path!r} does not exist")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise InputError(f"--init-from {path!r} does not fit {self.spec}: {first}") from None
+
+    # ---------------------------------------------------------------------- the end
+    def finish(self) -> dict[str, Any]:
+        """Evaluate with real entropy coding and write ``metrics.json``; the summary."""
+        metrics: dict[str, Any] = {
+            "out": str(self.out),
+            "steps": self.step,
+            "train_seconds": self.elapsed,
+            "model": self.spec.to_dict(),
+            "balancer": self.config.balancer,
+            "lambda": self.config.lmbda,
+            "effective_lambda": float(np.mean(self.recent_effective_lambda or [math.nan])),
+            "balancer_state": _plain(self.balancer.state_dict()),
+            "best_validation": self.best,
+            "config": self.config.to_dict(),
+        }
+        if self.config.final_eval:
+            metrics["final_evaluation"] = self.evaluate_coded()
+        (self.out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    @torch.no_grad()
+    def evaluate_coded(self) -> dict[str, Any]:
+        """Real ``compress``/``decompress`` of the evaluation images; means of per-image values."""
+        self.model.eval()
+        self.model.update(force=True)  # type: ignore[operator]
+        images = []
+        for index in range(len(self.eval_images)):
+            x = image_to_tensor(self.eval_images[index]).to(self.device)
+            coded = code_image(self.model, x, self.spec.downsampling)
+            images.append(
+                {
+                    "name": self.eval_images.names[index],
+                    "bpp": coded.bpp,
+                    "psnr": coded.psnr,
+                    "ms_ssim": coded.ms_ssim,
+                }
+            )
+        return {
+            "bpp": float(np.mean([i["bpp"] for i in images])),
+            "psnr": float(np.mean([i["psnr"] for i in images])),
+            "images": images,
+        }
+
+
+def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
+    """``λ · w_D / w_R``: the trade-off the balanced update actually follows."""
+    w_rate, w_distortion = float(weights[0]), float(weights[1])
+    return math.inf if w_rate == 0 else lmbda * w_distortion / w_rate
+
+
+def _plain(value: Any) -> Any:
+    """NumPy values as JSON-friendly Python values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a codec as ``config`` says; resume when ``config.resume`` is set.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run. With ``resume=True`` the run saved in ``config.out`` continues with its
+        saved configuration (only the runtime fields ``device``, ``progress`` and
+        ``workers`` come from ``config``); a finished run is not trained again.
+
+    Returns
+    -------
+    TrainResult
+        The output folder and the summary also written to ``metrics.json``.
+
+    Raises
+    ------
+    InputError
+        For bad input (files, folders, values), before any training.
+    TrainingDiverged
+        If a loss or gradient becomes NaN/∞; ``checkpoint.pt`` keeps the last good state.
+    """
+    config.validate()
+    if config.resume:
+        if config.out is None:
+            raise InputError("--resume needs --out: the folder of the run to continue")
+        out = Path(config.out)
+        state = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
+        if state is None:
+            raise InputError(f"--resume: {str(out / CHECKPOINT)!r} does not exist")
+        saved = state["config"]
+        saved.update({name: getattr(config, name) for name in RUNTIME_FIELDS})
+        config = TrainConfig.from_dict(saved)
+        trainer = Trainer(config, out, state)
+        if trainer.step >= trainer.total_steps and (out / METRICS).exists():
+            return TrainResult(out, json.loads((out / METRICS).read_text()))
+        return TrainResult(out, trainer.run())
+    out = Path(config.out) if config.out is not None else _default_out(config)
+    if (out / CHECKPOINT).exists():
+        raise InputError(
+            f"--out {str(out)!r} already holds a run; pass --resume to continue it, or choose "
+            f"another --out"
+        )
+    config.out = str(out)
+    return TrainResult(out, Trainer(config, out, None).run())

@@ -57,12 +57,23 @@ def run_one(arm: Arm, lmbda: float, args: argparse.Namespace) -> dict:
     """Train (or resume, or skip) one run and return its metrics."""
     import torch
 
-    from moopt_lic import TrainConfig, train
+    from moopt_lic import TrainConfig, TrainingDiverged, train
 
     torch.set_num_threads(args.threads)
     out = args.out / run_name(arm, lmbda)
-    if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+    for done in ("metrics.json", "diverged.json"):
+        if (out / done).exists():
+            return json.loads((out / done).read_text())
+    try:
+        return _train(arm, lmbda, args, out, TrainConfig, train)
+    except TrainingDiverged as error:  # a result too: this balancer did not train here
+        record = {"diverged": str(error)}
+        (out / "diverged.json").write_text(json.dumps(record))
+        return record
+
+
+def _train(arm: Arm, lmbda: float, args: argparse.Namespace, out: Path, TrainConfig, train):
+    """The run's configuration, resumed when it has a checkpoint."""
     common = dict(
         dataset=str(DATA / "train"),
         eval_dataset=str(args.eval_folder),
@@ -114,13 +125,18 @@ def table(args: argparse.Namespace) -> str:
         cells, rates = [], []
         for lmbda in LAMBDAS:
             out = args.out / run_name(arm, lmbda)
+            if (out / "diverged.json").exists():
+                message = json.loads((out / "diverged.json").read_text())["diverged"]
+                cells.append(f"diverged ({message.split(':')[0]})")
+                rates.append(float("nan"))
+                continue
             metrics = json.loads((out / "metrics.json").read_text())
             final = metrics["final_evaluation"]
             rates.append(final["bpp"])
             cells.append(
                 f"{final['bpp']:.3f} / {final['psnr']:.2f} dB / λ_eff {effective_lambda(out):.2g}"
             )
-        rising = all(b > a for a, b in itertools.pairwise(rates))
+        rising = all(b > a for a, b in itertools.pairwise(rates))  # False with a NaN
         rows.append(f"| {arm.label} | " + " | ".join(cells) + f" | {'yes' if rising else 'no'} |")
     return "\n".join(rows)
 

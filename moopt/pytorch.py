@@ -25,6 +25,27 @@ What it costs
   ``Σ_i w_i ∂L_i/∂f`` is back-propagated once through the "trunk" that produces ``f``. The
   ``.grad`` is still exactly ``Σ_i w_i ∇L_i`` for every parameter, at about the cost of one
   backward pass.
+
+Data-parallel training
+----------------------
+With ``distributed=True`` every process passes the losses of its own samples (means over
+them); the global objective is their mean over the processes. The glue talks to
+``torch.distributed`` directly, with no ``DistributedDataParallel`` wrapper (whose hooks
+fire only on ``backward`` and would reduce each per-objective pass separately):
+
+* the k loss values are all-reduced (averaged) before the balancer sees them;
+* no Gram: the weighted loss is differentiated locally and the gradient averaged in one
+  all-reduce of a flat buffer;
+* parameter Gram: the k per-objective gradients are averaged (one all-reduce of k flat
+  gradients) *before* the Gram is formed — an average of local Grams is not the Gram of the
+  global gradients — and ``Σ_i w_i ∇L_i`` is formed from the averaged gradients;
+* features mode: each process holds its own samples' features, so the global feature Gram
+  is the sum of the local ones divided by N² (one all-reduce of ``k(k+1)/2`` numbers); the
+  head and trunk gradients are averaged like the plain gradient.
+
+Every process then holds the same losses, Gram, weights and ``.grad``, and its balancer the
+same state. Which parameters an objective reaches must be the same on every process (it is,
+for one model and one loss function).
 """
 
 from __future__ import annotations
@@ -113,9 +134,57 @@ def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tenso
     return names, tensors
 
 
-def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor]) -> FloatArray:
-    """Copy the k loss values to the host in one transfer; name any NaN/∞ objective."""
-    values = torch.stack([t.detach().reshape(()) for t in tensors]).double().cpu().numpy()
+def _world_size(distributed: bool) -> int:
+    """Return the number of processes to average over (1 when not distributed)."""
+    if not distributed:
+        return 1
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(
+            "distributed=True needs torch.distributed to be initialised "
+            "(torch.distributed.init_process_group, e.g. under torchrun)"
+        )
+    return int(torch.distributed.get_world_size())
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> list[torch.Tensor]:
+    """Average ``tensors`` over the processes: one all-reduce per dtype, on a flat buffer."""
+    if world == 1 or not tensors:
+        return tensors
+    reduced: list[torch.Tensor] = list(tensors)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        group = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+        flat = torch.cat([tensors[i].reshape(-1) for i in group])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        sizes = [tensors[i].numel() for i in group]
+        for i, part in zip(group, torch.split(flat, sizes), strict=True):
+            reduced[i] = part.view_as(tensors[i])
+    return reduced
+
+
+def _reduce_rows(
+    grads: list[list[torch.Tensor | None]], world: int
+) -> list[list[torch.Tensor | None]]:
+    """Average every present gradient over the processes (all objectives in one call).
+
+    Which gradients are present (reached) is the same on every process: the same model and
+    losses give the same graph.
+    """
+    present = [(i, j) for i, row in enumerate(grads) for j, g in enumerate(row) if g is not None]
+    means = _all_reduce_mean([grads[i][j] for i, j in present], world)  # type: ignore[misc]
+    reduced = [list(row) for row in grads]
+    for (i, j), mean in zip(present, means, strict=True):
+        reduced[i][j] = mean
+    return reduced
+
+
+def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor], world: int = 1) -> FloatArray:
+    """Copy the k loss values (averaged over the processes) to the host in one transfer.
+
+    Any NaN/∞ objective is named.
+    """
+    stacked = torch.stack([t.detach().reshape(()) for t in tensors]).double()
+    values = _all_reduce_mean([stacked], world)[0].cpu().numpy()
     for name, value in zip(names, values, strict=True):
         if not math.isfinite(float(value)):
             raise NonFiniteError(f"loss {name!r} is {value}: the objective is not finite")
@@ -162,6 +231,13 @@ def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
         param.grad.add_(gradient.to(param.grad.dtype))
 
 
+def _accumulate_all(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
+    """:func:`_accumulate` every present gradient into its parameter."""
+    for param, gradient in zip(params, grads, strict=True):
+        if gradient is not None:
+            _accumulate(param, gradient)
+
+
 def _gram_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """Float64 for float64 gradients, float32 otherwise (bfloat16 and float16 included)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -194,12 +270,19 @@ def _per_objective_gradients(
     return grads
 
 
-def _gram(grads: list[list[torch.Tensor | None]], count: int) -> FloatArray:
+def _gram(
+    grads: list[list[torch.Tensor | None]], count: int, disjoint_world: int = 1
+) -> FloatArray:
     """Return the ``k × k`` Gram of the per-objective gradients over the first ``count`` inputs.
 
     Computed on the gradients' device by dot products per input tensor (no concatenated
     copy of the k gradients), in float64 for float64 gradients and float32 otherwise; only
     the ``k × k`` result is copied to the host.
+
+    With ``disjoint_world = N > 1`` the inputs are per-process features (each process holds
+    its own samples' activations) and each process's losses are means over its own samples:
+    the Gram of the global loss ``(1/N) Σ_r L_r`` with respect to all processes' features is
+    ``(1/N²) Σ_r Q_r``, one all-reduce of the ``k(k+1)/2`` local entries.
     """
     k = len(grads)
     present = [g for row in grads for g in row[:count] if g is not None]
@@ -214,6 +297,9 @@ def _gram(grads: list[list[torch.Tensor | None]], count: int) -> FloatArray:
             left, right = flat[a], flat[b]
             if left is not None and right is not None:
                 entries[index] += torch.dot(left, right)
+    if disjoint_world > 1:
+        torch.distributed.all_reduce(entries)
+        entries /= disjoint_world**2
     values = entries.double().cpu().numpy()
     gram = np.zeros((k, k))
     for index, (a, b) in enumerate(pairs):
@@ -303,6 +389,7 @@ def balanced_backward(
     features: torch.Tensor | Sequence[torch.Tensor] | None = None,
     gram_mode: GramMode = "sequential",
     retain_graph: bool = False,
+    distributed: bool = False,
 ) -> BalancedStep:
     """Accumulate ``Σ_i w_i ∇L_i`` into ``.grad`` of ``params``, with ``w`` from ``balancer``.
 
@@ -327,6 +414,13 @@ def balanced_backward(
         (``benchmarks/step_overhead.py``).
     retain_graph : bool, default False
         Keep the autograd graph after the call (as in ``Tensor.backward``).
+    distributed : bool, default False
+        Data-parallel training on ``torch.distributed`` (every process calls this with the
+        losses of its own samples, averaged over them): the balancer sees the losses and
+        the Gram of the *global* objectives, so its weights are identical on every process,
+        and ``.grad`` receives the global ``Σ_i w_i ∇L_i`` (see "Data-parallel training"
+        in the module documentation). Do not wrap the model in
+        ``DistributedDataParallel``: this call does the gradient averaging itself.
 
     Returns
     -------
@@ -359,7 +453,8 @@ def balanced_backward(
     param_list = _checked_params(params)
     if gram_mode not in _GRAM_MODES:
         raise ValueError(f"gram_mode must be one of {_GRAM_MODES}, got {gram_mode!r}")
-    values = _loss_values(names, tensors)
+    world = _world_size(distributed)
+    values = _loss_values(names, tensors, world)
 
     if not balancer.requires_gram:
         weights = balancer.weights(values)
@@ -367,18 +462,22 @@ def balanced_backward(
             (loss.reshape(()) * float(w) for loss, w in zip(tensors, weights, strict=True)),
             start=torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device),
         )
-        torch.autograd.backward(total, inputs=param_list, retain_graph=retain_graph)
+        if world == 1:
+            torch.autograd.backward(total, inputs=param_list, retain_graph=retain_graph)
+        else:
+            local: list[torch.Tensor | None] = list(
+                torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
+            )
+            _accumulate_all(param_list, _reduce_rows([local], world)[0])
         return BalancedStep(weights, values, None, names)
 
     if features is None:
         grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
+        grads = _reduce_rows(grads, world)  # the Gram of the *global* gradients
         gram = _gram(grads, len(param_list))
         _check_gram(names, gram)
         weights = balancer.weights(values, gram)
-        for j, param in enumerate(param_list):
-            combined = _combine(grads, weights, j)
-            if combined is not None:
-                _accumulate(param, combined)
+        _accumulate_all(param_list, [_combine(grads, weights, j) for j in range(len(param_list))])
         return BalancedStep(weights, values, gram, names)
 
     feature_list = _checked_features(features)
@@ -386,22 +485,35 @@ def balanced_backward(
     inputs = feature_list + heads
     # the trunk is not traversed here, so its buffers survive for the final pass
     grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
-    gram = _gram([row[: len(feature_list)] for row in grads], len(feature_list))
+    count = len(feature_list)
+    gram = _gram([row[:count] for row in grads], count, disjoint_world=world)
     _check_gram(names, gram)
     weights = balancer.weights(values, gram)
-    for j, head in enumerate(heads, start=len(feature_list)):
-        combined = _combine(grads, weights, j)
-        if combined is not None:
-            _accumulate(head, combined)
-    feature_grads = [_combine(grads, weights, j) for j in range(len(feature_list))]
+    head_grads = [_combine(grads, weights, j) for j in range(count, len(inputs))]
+    feature_grads = [_combine(grads, weights, j) for j in range(count)]
     reached = [(f, g) for f, g in zip(feature_list, feature_grads, strict=True) if g is not None]
+    trunk_grads: list[torch.Tensor | None] = []
     if trunk and reached:
-        torch.autograd.backward(
-            [f for f, _ in reached],
-            grad_tensors=[g for _, g in reached],
-            inputs=trunk,
-            retain_graph=retain_graph,
-        )
+        if world == 1:
+            torch.autograd.backward(
+                [f for f, _ in reached],
+                grad_tensors=[g for _, g in reached],
+                inputs=trunk,
+                retain_graph=retain_graph,
+            )
+        else:
+            trunk_grads = list(
+                torch.autograd.grad(
+                    [f for f, _ in reached],
+                    trunk,
+                    grad_outputs=[g for _, g in reached],
+                    retain_graph=retain_graph,
+                    allow_unused=True,
+                )
+            )
+    # heads (and, distributed, the trunk) averaged over the processes in one all-reduce
+    reduced = _reduce_rows([head_grads + trunk_grads], world)[0]
+    _accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
     return BalancedStep(weights, values, gram, names)
 
 
@@ -411,6 +523,7 @@ def update_balancer(
     *,
     step: int | None = None,
     every: int = 1,
+    distributed: bool = False,
 ) -> FloatArray | None:
     """Re-evaluate the objectives without gradients and pass them to ``balancer.update``.
 
@@ -436,6 +549,9 @@ def update_balancer(
         The current step number; required when ``every > 1``.
     every : int, default 1
         Re-evaluate on steps where ``step % every == 0``.
+    distributed : bool, default False
+        Average the new loss values over the ``torch.distributed`` processes, as
+        :func:`balanced_backward` does, so the balancer's state stays identical on all.
 
     Returns
     -------
@@ -462,6 +578,6 @@ def update_balancer(
     else:
         tensors = list(losses)
         names = tuple(f"objective {i}" for i in range(len(tensors)))
-    values = _loss_values(names, tensors)
+    values = _loss_values(names, tensors, _world_size(distributed))
     balancer.update(values)
     return values

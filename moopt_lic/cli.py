@@ -9,6 +9,7 @@ status 2; a diverged run (NaN/∞) with exit status 1, its last good checkpoint 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -60,16 +61,24 @@ def lambda_note(metrics: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Under torchrun every process runs it; only rank 0 prints (the errors caught here are
+    the same on every rank: bad input, or a NaN in the globally averaged losses).
+    """
+    speak = os.environ.get("RANK", "0") == "0"
     try:
         result = train(config_from_args(argv))
     except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, one line printed)
         return int(exit.code or 0)
     except InputError as error:
-        print(f"moopt_lic.train: error: {error}", file=sys.stderr)
+        if speak:
+            print(f"moopt_lic.train: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
-        print(f"moopt_lic.train: stopped: {error}", file=sys.stderr)
+        if speak:
+            print(f"moopt_lic.train: stopped: {error}", file=sys.stderr)
         return 1
-    print(summary(result.metrics))
+    if speak:
+        print(summary(result.metrics))
     return 0

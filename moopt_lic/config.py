@@ -35,18 +35,6 @@ DEFAULT_STEPS = 1500
 BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
 
 
-def _channels(value: str) -> int | None:
-    """Parse ``--N``/``--M``: a channel count, or ``zoo`` for the zoo's value."""
-    if value.lower() in ("zoo", "none"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a channel count or 'zoo', got {value!r}"
-        ) from None
-
-
 def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
     """Metadata of one field: its help text, flag name and argparse extras."""
     return {"help": help, "flag": flag, "short": short, "argparse": kwargs}
@@ -89,36 +77,31 @@ class TrainConfig:
             "factor (64 for the hyperprior models, 16 for bmshj2018-factorized)"
         ),
     )
-    batch_size: int = field(default=8, metadata=_opt("crops per step"))
+    batch_size: int = field(
+        default=8,
+        metadata=_opt("crops per step and process (under torchrun the global batch is N× this)"),
+    )
     workers: int = field(default=0, metadata=_opt("data-loading worker processes"))
     # model
     model: str = field(
         default="mbt2018-mean",
         metadata=_opt("CompressAI architecture by zoo name", short="-m", choices=list(MODELS)),
     )
-    quality: int = field(
-        default=1,
+    quality: int | None = field(
+        default=None,
         metadata=_opt(
-            "zoo quality 1..8: picks N and M as CompressAI's zoo does (never downloads weights)",
+            "zoo quality 1..8: N and M as CompressAI's zoo has them (never downloads weights); "
+            "default: the small demo size (N 64, M 96; ELIC M 192)",
             short="-q",
         ),
     )
     N: int | None = field(
-        default=64,
-        metadata=_opt(
-            "channels N; the default 64 (with M 96) is the small codec of the built-in demo; "
-            "'zoo' (None): CompressAI's value for --quality",
-            flag="--N",
-            type=_channels,
-        ),
+        default=None,
+        metadata=_opt("override the number of channels N", flag="--N"),
     )
     M: int | None = field(
-        default=96,
-        metadata=_opt(
-            "latent channels M; 'zoo' (None): CompressAI's value for --quality",
-            flag="--M",
-            type=_channels,
-        ),
+        default=None,
+        metadata=_opt("override the latent channels M", flag="--M"),
     )
     # objectives
     metric: str = field(
@@ -235,6 +218,13 @@ class TrainConfig:
         default=200, metadata=_opt("validate (and keep checkpoint_best.pt) every n steps")
     )
     log_every: int = field(default=10, metadata=_opt("TensorBoard scalars every n steps"))
+    dist_timeout: float = field(
+        default=600.0,
+        metadata=_opt(
+            "torchrun: seconds a collective waits for the other processes before the job "
+            "fails (a dead or hung rank ends the job instead of hanging it)"
+        ),
+    )
     progress: bool = field(default=True, metadata=_opt("show a progress bar"))
     final_eval: bool = field(
         default=True,
@@ -243,7 +233,7 @@ class TrainConfig:
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The codec to build (``N``/``M`` of None mean the zoo's values for the quality)."""
+        """The codec to build (see :class:`moopt_lic.ModelSpec` for the defaults)."""
         return ModelSpec(self.model, self.quality, self.N, self.M)
 
     def validate(self) -> None:
@@ -270,7 +260,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InputError(f"--{_flag(name)} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("lr", "aux_lr"):
+        for name in ("lr", "aux_lr", "dist_timeout"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("logit_lr", "gamma", "clip_max_norm", "holdout", "workers"):
@@ -282,13 +272,21 @@ class TrainConfig:
             raise InputError(f"--epochs must be > 0, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.loss_floor is not None and not self.loss_floor <= 0:
+            raise InputError(
+                f"--loss-floor must be ≤ 0 (rate and distortion are ≥ 0 and their logs are "
+                f"taken of L − floor), got {self.loss_floor}"
+            )
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be ≥ 1, got {self.threads}")
 
-    def total_steps(self, epoch_size: int) -> int:
-        """Return the run's length in steps (``--epochs`` converted with ``epoch_size`` images)."""
+    def total_steps(self, epoch_size: int, processes: int = 1) -> int:
+        """Return the run's length in steps (``--epochs`` converted with ``epoch_size`` images).
+
+        A step consumes ``batch_size × processes`` samples (the global batch).
+        """
         if self.epochs is not None:
-            return max(1, math.ceil(self.epochs * epoch_size / self.batch_size))
+            return max(1, math.ceil(self.epochs * epoch_size / (self.batch_size * processes)))
         return DEFAULT_STEPS if self.steps is None else self.steps
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,7 +335,7 @@ def build_parser(prog: str = "python -m moopt_lic.train") -> argparse.ArgumentPa
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = f.default
         else:
-            kwargs.setdefault("type", {"int": int, "float": float}.get(kind.split(" ")[0], str))
+            kwargs["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             kwargs["default"] = f.default
             if "str | None" in kind or "None" in kind:
                 kwargs["metavar"] = f.name.upper() if f.name not in ("N", "M") else f.name

@@ -168,6 +168,15 @@ class ImageSet:
         item = self._items[index]
         return load_image(item) if isinstance(item, Path) else item
 
+    def size(self, index: int) -> tuple[int, int]:
+        """Return ``(height, width)`` of image ``index`` (from the file header if not cached)."""
+        item = self._items[index]
+        if isinstance(item, np.ndarray):
+            return int(item.shape[0]), int(item.shape[1])
+        with Image.open(item) as image:
+            width, height = image.size
+        return height, width
+
     def split(self, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
         """Split off ``holdout`` images chosen by ``seed``: returns ``(rest, held_out)``."""
         order = np.random.default_rng([seed, 7]).permutation(len(self))
@@ -231,7 +240,7 @@ class CropDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         self.images = images
         self.patch = patch
         self.seed = seed
-        self.sizes = [images[i].shape[:2] for i in range(len(images))]
+        self.sizes = [images.size(i) for i in range(len(images))]
 
     @property
     def epoch_size(self) -> int:

@@ -37,6 +37,7 @@ class _Architecture:
     takes_m: bool = True  # Cheng2020 has N only
     default_nm: tuple[int, int] = (192, 320)  # where CompressAI's zoo has no per-quality cfg
     min_m: int = 1  # ELIC splits M into channel groups 16, 16, 32, 64 and M − 128
+    demo_nm: tuple[int, int] = (64, 96)  # the small size used when no quality is given
 
 
 #: Zoo names understood by ``--model``.
@@ -47,28 +48,30 @@ MODELS: dict[str, _Architecture] = {
     "mbt2018": _Architecture(JointAutoregressiveHierarchicalPriors, 64),
     "cheng2020-anchor": _Architecture(Cheng2020Anchor, 64, takes_m=False),
     "cheng2020-attn": _Architecture(Cheng2020Attention, 64, takes_m=False),
-    "elic2022-official": _Architecture(Elic2022Official, 64, min_m=129),
-    "elic2022-chandelier": _Architecture(Elic2022Chandelier, 64, min_m=129),
+    "elic2022-official": _Architecture(Elic2022Official, 64, min_m=129, demo_nm=(64, 192)),
+    "elic2022-chandelier": _Architecture(Elic2022Chandelier, 64, min_m=129, demo_nm=(64, 192)),
 }
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a codec is: a zoo name, a quality (1–8) and optional ``N``/``M`` overrides.
+    """What a codec is: a zoo name, an optional quality (1–8) and ``N``/``M`` overrides.
 
-    ``N`` and ``M`` default to CompressAI's zoo configuration for ``quality`` (ELIC, not in
-    the zoo, to its paper's 192/320); Cheng2020 models have no ``M``.
+    With a ``quality``, ``N`` and ``M`` default to CompressAI's zoo configuration for it
+    (ELIC, not in the zoo, to its paper's 192/320). Without one they default to a small size
+    that trains in minutes on a CPU (``N`` = 64, ``M`` = 96; ELIC ``M`` = 192): the size of
+    the built-in demo. Cheng2020 models have no ``M``.
     """
 
     name: str
-    quality: int = 1
+    quality: int | None = None
     N: int | None = None
     M: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
             raise InputError(f"unknown model {self.name!r}; choose one of: {', '.join(MODELS)}")
-        if not 1 <= self.quality <= 8:
+        if self.quality is not None and not 1 <= self.quality <= 8:
             raise InputError(f"quality must be 1..8, got {self.quality}")
         for field in ("N", "M"):
             value = getattr(self, field)
@@ -91,8 +94,11 @@ class ModelSpec:
     def channels(self) -> tuple[int, ...]:
         """Return the constructor's ``(N, M)`` (``(N,)`` for Cheng2020)."""
         arch = MODELS[self.name]
-        zoo = cfgs.get(self.name, {}).get(self.quality)
-        defaults = tuple(zoo) if zoo else arch.default_nm[: 2 if arch.takes_m else 1]
+        if self.quality is None:
+            defaults: tuple[int, ...] = arch.demo_nm
+        else:
+            zoo = cfgs.get(self.name, {}).get(self.quality)
+            defaults = tuple(zoo) if zoo else arch.default_nm
         n = self.N if self.N is not None else defaults[0]
         if not arch.takes_m:
             return (n,)

@@ -15,8 +15,10 @@ a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from moopt_lic.data import (
     builtin_photos,
     image_to_tensor,
 )
+from moopt_lic.distributed import Processes, agree, broadcast, fingerprint, setup, teardown
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
@@ -61,7 +64,7 @@ METRICS = "metrics.json"
 #: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
 #: (``threads`` is not one: another thread count changes the order of float sums, and the
 #: resumed run would no longer be bit-identical.)
-RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume")
+RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
 #: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
 EFFECTIVE_LAMBDA_WINDOW = 50
 
@@ -104,6 +107,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
     return torch.device(name)
+
+
+def _deterministic_cuda() -> None:
+    """Ask CUDA for deterministic kernels (cuDNN's weight gradients are not by default).
+
+    Bit-identical resume is tested on the CPU; on CUDA this makes it possible (ops without a
+    deterministic kernel warn instead of failing).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _lr_factor(schedule: str, total: int) -> Any:
@@ -159,23 +174,34 @@ class Trainer:
     themselves.
     """
 
-    def __init__(self, config: TrainConfig, out: Path, resume_from: dict[str, Any] | None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        resume_from: dict[str, Any] | None,
+        processes: Processes | None = None,
+        device: torch.device | None = None,
+    ):
         self.config = config
         self.out = out
-        self.device = resolve_device(config.device)
+        self.processes = processes or Processes()
+        self.device = device or resolve_device(config.device)
+        if self.device.type == "cuda":
+            _deterministic_cuda()
         if config.threads:
             torch.set_num_threads(config.threads)
         train_images, self.eval_images = _images(config)
         if config.metric == "ms-ssim":
             _check_msssim_sizes(self.eval_images)
         self.data = CropDataset(train_images, config.patch_size, config.seed)
-        self.total_steps = config.total_steps(self.data.epoch_size)
+        self.total_steps = config.total_steps(self.data.epoch_size, self.processes.world)
         self.spec = config.model_spec
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         self.model = build_model(self.spec).to(self.device).train()
         if config.init_from and resume_from is None:
             self._load_initial_weights(config.init_from)
+        self.distributed = self.processes.distributed
         self.main_params, aux_params = main_and_aux_parameters(self.model)
         self.optimizer = torch.optim.Adam(self.main_params, lr=config.lr)
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
@@ -218,9 +244,12 @@ class Trainer:
                 self.main_params,
                 features=self._latent[-1] if config.features else None,
                 gram_mode=config.gram_mode,  # type: ignore[arg-type]
+                distributed=self.distributed,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1}: {error}") from None
+        except ValueError as error:  # the balancer refused its input, e.g. a loss ≤ its floor
+            raise TrainingDiverged(f"step {self.step + 1}: the balancer stopped: {error}") from None
         norm = self._gradient_norm()
         if not math.isfinite(norm):
             raise TrainingDiverged(
@@ -234,6 +263,7 @@ class Trainer:
                 lambda: self.losses(x, seeds),
                 step=self.step,
                 every=config.update_every,
+                distributed=self.distributed,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1} (re-evaluation): {error}") from None
@@ -269,11 +299,13 @@ class Trainer:
 
     # ---------------------------------------------------------------------- the loop
     def batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
-        """Yield the batches of the remaining steps: step s holds samples ``s·B … s·B + B − 1``."""
-        size = self.config.batch_size
-        sampler = [
-            list(range(s * size, (s + 1) * size)) for s in range(self.step, self.total_steps)
-        ]
+        """Yield this process's batches of the remaining steps.
+
+        Step ``s`` holds the global samples ``s·G … s·G + G − 1`` with ``G = N·B`` (N
+        processes, B per process); process ``r`` takes ``s·G + r·B … s·G + r·B + B − 1``.
+        One process with batch ``N·B`` sees exactly the samples of N processes with B.
+        """
+        sampler = _StepBatches(self.step, self.total_steps, self.config.batch_size, self.processes)
         loader = torch.utils.data.DataLoader(
             self.data, batch_sampler=sampler, num_workers=self.config.workers
         )
@@ -283,12 +315,14 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the last step, validating and checkpointing, then evaluate; the summary."""
         config = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+        main = self.processes.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        writer = _Writer(self.out / "tensorboard", self.step, enabled=main)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=not config.progress,
+            disable=not (config.progress and main),
             desc=f"{config.model} {config.balancer}",
             dynamic_ncols=True,
         )
@@ -309,14 +343,27 @@ class Trainer:
                         λ_eff=f"{scalars['balancer/effective_lambda']:.4g}",
                     )
                     times.clear()
-                if self.step % config.eval_every == 0 or self.step == self.total_steps:
+                if main and (self.step % config.eval_every == 0 or self.step == self.total_steps):
                     self._validate(writer)
                 if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save(self.out / CHECKPOINT)
+                    self._check_processes_agree()
+                    if main:
+                        self.save(self.out / CHECKPOINT)
         finally:
             bar.close()
             writer.close()
-        return self.finish()
+        return self.finish() if main else {}
+
+    def _check_processes_agree(self) -> None:
+        """Every process must hold the same parameters and balancer state (a collective)."""
+        if not self.distributed:
+            return
+        print_state = fingerprint(self.model, self.balancer.state_dict(), self.step)
+        if not agree(print_state, self.processes):
+            raise RuntimeError(
+                f"step {self.step}: the processes' parameters or balancer states differ; "
+                f"data-parallel training lost its synchronisation"
+            )
 
     def _step_scalars(self, result: BalancedStep, times: list[float]) -> dict[str, float]:
         rate, distortion = (float(v) for v in result.losses)
@@ -338,7 +385,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- validation
     @torch.no_grad()
-    def _validate(self, writer: SummaryWriter) -> dict[str, float]:
+    def _validate(self, writer: _Writer) -> dict[str, float]:
         """Likelihood-estimated rate, PSNR and R-D loss on the evaluation images."""
         self.model.eval()
         totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": []}
@@ -348,12 +395,7 @@ class Trainer:
             output = self.model(padded)
             output["x_hat"] = crop_padding(output["x_hat"], padding).clamp(0, 1)
             batch = CodecBatch(x, output)
-            rate = (
-                float(self.rate(batch))
-                * padded.shape[-1]
-                * padded.shape[-2]
-                / (x.shape[-1] * x.shape[-2])
-            )
+            rate = float(self.rate(batch))  # bits of the padded image / original pixels
             distortion = float(self.distortion(batch))
             totals["bpp"].append(rate)
             totals["psnr"].append(mse_to_psnr(float(torch.mean((output["x_hat"] - x) ** 2))))
@@ -385,6 +427,7 @@ class Trainer:
             "best": self.best,
             "elapsed": self.elapsed,
             "recent_effective_lambda": self.recent_effective_lambda,
+            "processes": self.processes.world,
         }
 
     def save(self, path: Path) -> None:
@@ -422,6 +465,7 @@ class Trainer:
             "train_seconds": self.elapsed,
             "model": self.spec.to_dict(),
             "balancer": self.config.balancer,
+            "processes": self.processes.world,
             "lambda": self.config.lmbda,
             "effective_lambda": float(np.mean(self.recent_effective_lambda or [math.nan])),
             "balancer_state": _plain(self.balancer.state_dict()),
@@ -436,12 +480,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate_coded(self) -> dict[str, Any]:
         """Real ``compress``/``decompress`` of the evaluation images; means of per-image values."""
-        self.model.eval()
-        self.model.update(force=True)  # type: ignore[operator]
+        # on the CPU, as CompressAI's eval_model does by default: on a GPU the encoder's and
+        # the decoder's float rounding may differ, which corrupts autoregressive models
+        model = copy.deepcopy(self.model).cpu().eval()
+        model.update(force=True)  # type: ignore[operator]
         images = []
         for index in range(len(self.eval_images)):
-            x = image_to_tensor(self.eval_images[index]).to(self.device)
-            coded = code_image(self.model, x, self.spec.downsampling)
+            x = image_to_tensor(self.eval_images[index])
+            coded = code_image(model, x, self.spec.downsampling)
             images.append(
                 {
                     "name": self.eval_images.names[index],
@@ -455,6 +501,40 @@ class Trainer:
             "psnr": float(np.mean([i["psnr"] for i in images])),
             "images": images,
         }
+
+
+class _StepBatches(torch.utils.data.Sampler[list[int]]):
+    """The sample numbers of this process for steps ``first … last − 1``, made lazily."""
+
+    def __init__(self, first: int, last: int, size: int, processes: Processes) -> None:
+        self.first, self.last, self.size, self.processes = first, last, size, processes
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step_size = self.size * self.processes.world
+        offset = self.processes.rank * self.size
+        for step in range(self.first, self.last):
+            start = step * step_size + offset
+            yield list(range(start, start + self.size))
+
+
+class _Writer:
+    """TensorBoard scalars, written by the main process only (a no-op elsewhere)."""
+
+    def __init__(self, folder: Path, step: int, enabled: bool) -> None:
+        # a resumed run drops the events logged after its checkpoint (step) and logs them again
+        purge = step + 1 if step else None
+        self._writer = SummaryWriter(str(folder), purge_step=purge) if enabled else None
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
@@ -497,6 +577,15 @@ def train(config: TrainConfig) -> TrainResult:
         If a loss or gradient becomes NaN/∞; ``checkpoint.pt`` keeps the last good state.
     """
     config.validate()
+    processes, device, joined = setup(resolve_device(config.device), config.dist_timeout)
+    try:
+        return _train(config, processes, device)
+    finally:
+        if joined:
+            teardown()
+
+
+def _train(config: TrainConfig, processes: Processes, device: torch.device) -> TrainResult:
     if config.resume:
         if config.out is None:
             raise InputError("--resume needs --out: the folder of the run to continue")
@@ -504,18 +593,24 @@ def train(config: TrainConfig) -> TrainResult:
         state = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
         if state is None:
             raise InputError(f"--resume: {str(out / CHECKPOINT)!r} does not exist")
+        if state.get("processes", 1) != processes.world:
+            raise InputError(
+                f"--resume: the run in {str(out)!r} was trained by {state.get('processes', 1)} "
+                f"process(es), not {processes.world}; resume it with as many (torchrun "
+                f"--nproc_per_node), or the data order would change"
+            )
         saved = state["config"]
         saved.update({name: getattr(config, name) for name in RUNTIME_FIELDS})
         config = TrainConfig.from_dict(saved)
-        trainer = Trainer(config, out, state)
+        trainer = Trainer(config, out, state, processes, device)
         if trainer.step >= trainer.total_steps and (out / METRICS).exists():
             return TrainResult(out, json.loads((out / METRICS).read_text()))
         return TrainResult(out, trainer.run())
-    out = Path(config.out) if config.out is not None else _default_out(config)
+    out = Path(broadcast(config.out or str(_default_out(config)), processes))
     if (out / CHECKPOINT).exists():
         raise InputError(
             f"--out {str(out)!r} already holds a run; pass --resume to continue it, or choose "
             f"another --out"
         )
     config.out = str(out)
-    return TrainResult(out, Trainer(config, out, None).run())
+    return TrainResult(out, Trainer(config, out, None, processes, device).run())

@@ -20,6 +20,14 @@ def test_every_model_builds_and_runs(name):
     assert {id(p) for p in main}.isdisjoint(id(p) for p in aux)
 
 
+def test_demo_size_without_quality():
+    """No quality: the small demo size, for every architecture (ELIC needs M > 128)."""
+    assert ModelSpec("mbt2018-mean").channels() == (64, 96)
+    assert ModelSpec("cheng2020-attn").channels() == (64,)
+    assert ModelSpec("elic2022-official").channels() == (64, 192)
+    assert ModelSpec("bmshj2018-factorized", N=32).channels() == (32, 96)
+
+
 def test_zoo_channels_by_quality():
     assert ModelSpec("mbt2018-mean", quality=1).channels() == (128, 192)
     assert ModelSpec("mbt2018-mean", quality=8).channels() == (192, 320)

@@ -277,10 +277,20 @@ def _bad_input(capsys, argv):
         (["--metric", "ms-ssim"], "--metric ms-ssim needs --patch-size > 160"),
         (["--steps", "0"], "--steps must be ≥ 1"),
         (["--lr", "0"], "--lr must be > 0"),
+        (["--loss-floor", "0.5"], "--loss-floor must be ≤ 0"),
+        (["--quality", "9"], "quality must be 1..8"),
     ],
 )
 def test_bad_flags_one_line(capsys, argv, message):
     assert message in _bad_input(capsys, argv)
+
+
+@pytest.mark.parametrize("model", ["cheng2020-anchor", "elic2022-official", "bmshj2018-factorized"])
+def test_every_model_is_valid_with_default_flags(model):
+    from moopt_lic.config import config_from_args
+
+    config = config_from_args(["-m", model, "--patch-size", "64"])
+    assert config.model_spec.channels()[0] == 64
 
 
 def test_ms_ssim_needs_large_evaluation_images(tiny_config, test_images):

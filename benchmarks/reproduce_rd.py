@@ -1,0 +1,336 @@
+"""The paper's claim at a scale this machine can train: BD-rate of balanced vs weighted-sum.
+
+Protocol (every choice is a constant or a flag below; ``--scale gpu`` is the larger preset):
+
+* codec: ``mbt2018-mean`` with N = 64, M = 96 (the mean-scale hyperprior of the paper's
+  appendix, at the PILOT's CPU size); random 64 × 64 crops of ``../shared/data/train``,
+  batch 8; Adam, lr 1e-3 with cosine decay, aux Adam 1e-3, grad-norm clip 1.0;
+* λ grid: 0.0035, 0.0067, 0.013, 0.025 (CompressAI's MSE grid), and for the coarse-to-fine
+  arm also 0.05 and 0.1, since under it λ hardly moves the operating point (METHOD.md);
+* seeds 0 and 1, **paired**: a seed fixes the initial weights, the data order, the crops and
+  the quantisation noise of every arm, so the arms differ only by the balancer;
+* arm A: weighted sum from scratch, ``--steps`` steps;
+* arm B: coarse-to-fine from scratch, the same steps (FAMO-style, shift −1, logit lr 0.025,
+  γ 0.003: the released code's values, untuned);
+* arm C: EqQP fine-tuning of A's checkpoint for ``--finetune-steps`` at lr 1e-4 (constant),
+  against A continued with the weighted sum for the same steps and lr ("A+"): equal totals;
+* evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used for
+  any choice); validation during training on 4 held-out training photos (the PSNR-vs-step
+  curves).
+
+Reported: BD-rate (pchip and cubic) of B vs A and of C vs A+, per seed and mean ± std over
+seeds; the noise floor, i.e. the spread of the paired BD-rate across seeds and the BD-rate of
+A's seed 1 against A's seed 0; the λ → (bpp, PSNR) map of every arm; training wall-time
+ratios; the R-D plot and the PSNR-vs-step plot. Written to ``benchmarks/results/reproduce_rd*``
+and quoted in ``docs/benchmarks.md``.
+
+Runs are resumable and the script continues across sessions: each invocation works for at
+most ``--minutes`` (default 85), two runs in parallel (1 thread each), then stops; the
+unfinished runs resume from their last checkpoint next time, finished ones are skipped.
+
+    python benchmarks/reproduce_rd.py                 # repeat until it prints the table
+    python benchmarks/reproduce_rd.py --report-only   # the table from what is finished
+    python benchmarks/reproduce_rd.py --scale gpu --device cuda --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
+
+LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
+EXTRA_LAMBDAS_BALANCED = (0.05, 0.1)
+SEEDS = (0, 1)
+SCALES = {
+    #        steps, finetune steps, patch, batch, N, M
+    "cpu": (6000, 1500, 64, 8, 64, 96),
+    "gpu": (60000, 15000, 256, 16, 128, 192),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: an arm at one λ and seed."""
+
+    arm: str  # "A", "B", "C" or "A+"
+    lmbda: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.replace('+', 'plus')}-l{self.lmbda}-s{self.seed}"
+
+    @property
+    def source(self) -> Run | None:
+        """The run whose checkpoint this one fine-tunes."""
+        return Run("A", self.lmbda, self.seed) if self.arm in ("C", "A+") else None
+
+
+def all_runs() -> list[Run]:
+    """Scratch runs first (fine-tunes need their checkpoints)."""
+    runs = [Run(arm, lmbda, seed) for seed in SEEDS for lmbda in LAMBDAS for arm in ("A", "B")]
+    runs += [Run("B", lmbda, seed) for seed in SEEDS for lmbda in EXTRA_LAMBDAS_BALANCED]
+    runs += [Run(arm, lmbda, seed) for seed in SEEDS for lmbda in LAMBDAS for arm in ("C", "A+")]
+    return runs
+
+
+def config_for(run: Run, args: argparse.Namespace) -> dict:
+    steps, finetune, patch, batch, n, m = SCALES[args.scale]
+    common = dict(
+        dataset=str(DATA / "train"),
+        holdout=4,
+        N=n,
+        M=m,
+        patch_size=patch,
+        batch_size=batch,
+        lmbda=run.lmbda,
+        seed=run.seed,
+        device=args.device,
+        threads=args.threads,
+        progress=False,
+        final_eval=False,
+        out=str(args.out / run.name),
+        checkpoint_every=200,
+        eval_every=500,
+        log_every=50,
+    )
+    if run.source is None:
+        balancer = "weighted-sum" if run.arm == "A" else "coarse-to-fine"
+        return {**common, "balancer": balancer, "steps": args.steps or steps, "lr": 1e-3,
+                "lr_schedule": "cosine"}  # fmt: skip
+    return {
+        **common,
+        "balancer": "eq-qp" if run.arm == "C" else "weighted-sum",
+        "steps": args.finetune_steps or finetune,
+        "lr": 1e-4,
+        "lr_schedule": "constant",
+        "init_from": str(args.out / run.source.name / "checkpoint.pt"),
+    }
+
+
+def finished(run: Run, args: argparse.Namespace) -> bool:
+    return (args.out / run.name / "metrics.json").exists()
+
+
+def train_run(run: Run, args: argparse.Namespace) -> str:
+    """Train, resume or skip one run (in a worker process)."""
+    from moopt_lic import TrainConfig, train
+
+    folder = args.out / run.name
+    values = config_for(run, args)
+    if finished(run, args):
+        return run.name
+    if (folder / "checkpoint.pt").exists():
+        values["resume"] = True
+    train(TrainConfig(**values))
+    return run.name
+
+
+def work(args: argparse.Namespace) -> None:
+    """Run what is not finished, two at a time, until done or out of time."""
+    deadline = time.monotonic() + 60 * args.minutes
+    pending = [run for run in all_runs() if not finished(run, args)]
+    context = multiprocessing.get_context("spawn")
+    active: dict[str, multiprocessing.process.BaseProcess] = {}
+    while (pending or active) and time.monotonic() < deadline:
+        for name, process in list(active.items()):
+            if not process.is_alive():
+                process.join()
+                print(f"{name}: exit {process.exitcode}", flush=True)
+                del active[name]
+        ready = [r for r in pending if r.source is None or finished(r.source, args)]
+        while ready and len(active) < args.jobs:
+            run = ready.pop(0)
+            pending.remove(run)
+            process = context.Process(target=train_run, args=(run, args), name=run.name)
+            process.start()
+            active[run.name] = process
+            print(f"{run.name}: started", flush=True)
+        if not ready and not active and pending:
+            break  # fine-tunes wait for scratch runs that failed
+        time.sleep(5)
+    for name, process in active.items():  # out of time: resumed from its checkpoint later
+        process.terminate()
+        process.join()
+        print(f"{name}: stopped at the time limit, resumes next time", flush=True)
+
+
+def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
+    """Real coding of every finished run's final checkpoint on the evaluation photos."""
+    import torch
+
+    from moopt_lic.data import ImageSet
+    from moopt_lic.evaluate import evaluate_checkpoint
+
+    torch.set_num_threads(2)
+    images = ImageSet.from_folder(DATA / "eval")
+    if args.eval_images:
+        images = images.split(len(images) - args.eval_images, seed=0)[0]
+    cache = args.out / "evaluation.json"
+    results: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
+    for run in all_runs():
+        if run.name in results or not finished(run, args):
+            continue
+        rows = evaluate_checkpoint(args.out / run.name / "checkpoint.pt", images,
+                                   torch.device("cpu"))  # fmt: skip
+        metrics = json.loads((args.out / run.name / "metrics.json").read_text())
+        results[run.name] = {
+            "bpp": statistics.fmean(r.bpp for r in rows),
+            "psnr": statistics.fmean(r.psnr for r in rows),
+            "train_seconds": metrics["train_seconds"],
+            "effective_lambda": metrics["effective_lambda"],
+        }
+        cache.write_text(json.dumps(results, indent=1))
+        print(f"evaluated {run.name}: {results[run.name]}", flush=True)
+    return results
+
+
+def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> tuple[list, list]:
+    points = [results[Run(arm, lmbda, seed).name] for lmbda in lambdas
+              if Run(arm, lmbda, seed).name in results]  # fmt: skip
+    points.sort(key=lambda p: p["bpp"])
+    return [p["bpp"] for p in points], [p["psnr"] for p in points]
+
+
+def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> dict[str, float] | str:
+    """BD-rate of ``test`` vs ``anchor`` ((arm, seed, λs) each), or why it is undefined."""
+    import numpy as np
+
+    from moopt_lic.compare import Curve, compare
+    from moopt_lic.errors import InputError
+
+    curves = []
+    for arm, seed, lambdas in (anchor, test):
+        bpp, psnr = curve(results, arm, seed, lambdas)
+        if len(bpp) < 4:
+            return f"{arm} seed {seed}: {len(bpp)} points"
+        curves.append(Curve(f"{arm}/s{seed}", np.array(bpp), np.array(psnr)))
+    try:
+        comparison = compare(*curves)
+    except InputError as error:
+        return str(error)
+    return comparison.bd_rate
+
+
+def report(args: argparse.Namespace) -> str:
+    results = evaluate_all(args)
+    balanced_lambdas = LAMBDAS + EXTRA_LAMBDAS_BALANCED
+    lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic |", "|---|---|---|---|"]
+    summary: dict[str, list[float]] = {}
+    pairs = [
+        ("B vs A", ("A", LAMBDAS), ("B", balanced_lambdas)),
+        ("C vs A+", ("A+", LAMBDAS), ("C", LAMBDAS)),
+    ]
+    for label, (anchor_arm, anchor_l), (test_arm, test_l) in pairs:
+        for seed in SEEDS:
+            value = bd(results, (anchor_arm, seed, anchor_l), (test_arm, seed, test_l))
+            if isinstance(value, str):
+                lines.append(f"| {label} | {seed} | undefined: {value} | |")
+                continue
+            summary.setdefault(label, []).append(value["pchip"])
+            pchip, cubic = value["pchip"], value["cubic"]
+            lines.append(f"| {label} | {seed} | {pchip:+.2f} % | {cubic:+.2f} % |")
+    noise = bd(results, ("A", SEEDS[0], LAMBDAS), ("A", SEEDS[1], LAMBDAS))
+    lines.append(
+        "| A seed 1 vs A seed 0 (noise) | – | "
+        + (f"{noise['pchip']:+.2f} % | {noise['cubic']:+.2f} % |" if isinstance(noise, dict)
+           else f"undefined: {noise} | |")
+    )  # fmt: skip
+    for label, values in summary.items():
+        if len(values) > 1:
+            lines.append(
+                f"| {label}: mean ± std over seeds | – | {statistics.fmean(values):+.2f} ± "
+                f"{statistics.stdev(values):.2f} % | |"
+            )
+    lines += ["", "| run | bpp | PSNR (dB) | effective λ | train s |", "|---|---|---|---|---|"]
+    for run in all_runs():
+        if run.name in results:
+            r = results[run.name]
+            lines.append(f"| {run.name} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
+                         f"{r['effective_lambda']:.3g} | {r['train_seconds']:.0f} |")  # fmt: skip
+    times = {arm: [r["train_seconds"] for n, r in results.items() if n.startswith(arm + "-l")]
+             for arm in ("A", "B", "C", "Aplus")}  # fmt: skip
+    lines.append("")
+    for test, anchor in (("B", "A"), ("C", "Aplus")):
+        if times[test] and times[anchor]:
+            ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])
+            lines.append(f"wall-time ratio {test}/{anchor}: {ratio:.2f}")
+    plots(args, results)
+    done = sum(finished(run, args) for run in all_runs())
+    header = f"{done} of {len(all_runs())} runs finished (scale {args.scale})\n\n"
+    return header + "\n".join(lines)
+
+
+def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    """The R-D curves per seed, and validation PSNR against step for the scratch runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"A": "o-", "B": "s--", "A+": "^-", "C": "v--"}
+    for seed in SEEDS:
+        for arm, style in styles.items():
+            lambdas = LAMBDAS + (EXTRA_LAMBDAS_BALANCED if arm == "B" else ())
+            bpp, psnr = curve(results, arm, seed, lambdas)
+            if bpp:
+                axes[0].plot(bpp, psnr, style, label=f"{arm} seed {seed}", alpha=0.8)
+        for arm in ("A", "B"):
+            for lmbda in LAMBDAS:
+                folder = args.out / Run(arm, lmbda, seed).name / "tensorboard"
+                if not folder.exists():
+                    continue
+                events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+                events.Reload()
+                if "val/psnr" in events.Tags()["scalars"]:
+                    points = events.Scalars("val/psnr")
+                    axes[1].plot([p.step for p in points], [p.value for p in points],
+                                 styles[arm], markersize=3, alpha=0.6)  # fmt: skip
+    axes[0].set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)", title="R-D, eval photos")
+    axes[0].legend(fontsize=7)
+    axes[1].set(xlabel="step", ylabel="validation PSNR (dB)",
+                title="convergence (A: solid, B: dashed; every λ and seed)")  # fmt: skip
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(ROOT / "benchmarks" / "results" / f"reproduce_rd_{args.scale}.png", dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="cpu", choices=sorted(SCALES))
+    parser.add_argument("--steps", type=int, help="override the scale's steps from scratch")
+    parser.add_argument("--finetune-steps", type=int, help="override the scale's F")
+    parser.add_argument("--minutes", type=float, default=85, help="time for this invocation")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce_rd")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--eval-images", type=int, help="code only this many eval photos (smoke)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        work(args)
+    text = report(args)
+    print(text)
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"reproduce_rd_{args.scale}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""``python -m moopt_lic.compare``: BD-rate and BD-PSNR of R-D curves against an anchor.
+
+Reads JSON files in CompressAI's ``eval_model`` layout (``python -m moopt_lic.evaluate``
+writes them), computes with the ``bjontegaard`` package, for each test curve against the
+first (the anchor):
+
+* BD-rate (%): the mean rate difference at equal quality, over the quality range where the
+  two curves overlap (negative: the test curve needs fewer bits);
+* BD-PSNR (dB): the mean quality difference at equal rate (or BD-MS-SSIM in dB,
+  ``-10·log10(1 − MS-SSIM)``, with ``--metric ms-ssim-rgb``),
+
+each with two interpolations of the curves: ``pchip`` (piecewise cubic Hermite, monotone,
+the one used in the current JVET/AOM common test conditions) and ``cubic`` (the cubic
+polynomial fit of Bjøntegaard's original VCEG-M33). It writes a Markdown and a CSV table and
+an R-D plot to ``--out``.
+
+    python -m moopt_lic.compare results/ws.json results/c2f.json --out results/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moopt_lic.errors import InputError
+
+__all__ = ["Comparison", "Curve", "compare", "load_curve", "main"]
+
+METHODS = ("pchip", "cubic")
+METRICS = ("psnr-rgb", "ms-ssim-rgb")
+MIN_POINTS = 4
+
+
+@dataclass(frozen=True)
+class Curve:
+    """An R-D curve: its name and points sorted by rate (bpp, quality in dB)."""
+
+    name: str
+    bpp: np.ndarray
+    quality: np.ndarray
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A test curve against the anchor, in percent (BD-rate) and dB (BD-quality)."""
+
+    anchor: str
+    test: str
+    bd_rate: dict[str, float]  # by interpolation method
+    bd_quality: dict[str, float]
+    overlap_db: tuple[float, float]  # the quality range both curves cover
+
+
+def _quality_db(values: list[float], metric: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if metric == "ms-ssim-rgb":
+        return -10 * np.log10(1 - array)
+    return array
+
+
+def load_curve(path: str | Path, metric: str = "psnr-rgb") -> Curve:
+    """Read one curve from a CompressAI-layout JSON file.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not JSON, lacks ``results.bpp`` or the metric, or has fewer
+        than four finite points.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"results file {str(file)!r} does not exist")
+    try:
+        data = json.loads(file.read_text())
+        results = data["results"]
+        bpp, quality = results["bpp"], results[metric]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{str(file)!r} is not in CompressAI's eval_model layout with results.bpp and "
+            f"results.{metric} ({type(error).__name__}: {error})"
+        ) from None
+    points = [
+        (float(b), float(q))
+        for b, q in zip(bpp, quality, strict=True)
+        if b is not None and q is not None and math.isfinite(b) and math.isfinite(q)
+    ]
+    if len(points) < MIN_POINTS:
+        raise InputError(
+            f"{str(file)!r} has {len(points)} R-D point(s) with {metric}; BD-rate needs at "
+            f"least {MIN_POINTS}"
+        )
+    points.sort()
+    name = str(data.get("name") or file.stem)
+    return Curve(
+        name, np.array([p[0] for p in points]), _quality_db([p[1] for p in points], metric)
+    )
+
+
+def compare(anchor: Curve, test: Curve) -> Comparison:
+    """BD-rate and BD-quality of ``test`` against ``anchor`` with both interpolations.
+
+    Raises
+    ------
+    InputError
+        If the curves do not overlap in quality (BD-rate is then undefined) or in rate.
+    """
+    import bjontegaard
+
+    low = max(anchor.quality.min(), test.quality.min())
+    high = min(anchor.quality.max(), test.quality.max())
+    if low >= high:
+        raise InputError(
+            f"the curves {anchor.name!r} ({anchor.quality.min():.2f}–{anchor.quality.max():.2f} "
+            f"dB) and {test.name!r} ({test.quality.min():.2f}–{test.quality.max():.2f} dB) do "
+            f"not overlap in quality: BD-rate is undefined (extend the λ grid)"
+        )
+    if max(anchor.bpp.min(), test.bpp.min()) >= min(anchor.bpp.max(), test.bpp.max()):
+        raise InputError(
+            f"the curves {anchor.name!r} and {test.name!r} do not overlap in rate: BD-PSNR is "
+            f"undefined (extend the λ grid)"
+        )
+    rates, qualities = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its partial-overlap warning: we report the range
+        for method in METHODS:
+            args = (anchor.bpp, anchor.quality, test.bpp, test.quality)
+            rates[method] = float(
+                bjontegaard.bd_rate(*args, method=method, require_matching_points=False)
+            )
+            qualities[method] = float(
+                bjontegaard.bd_psnr(*args, method=method, require_matching_points=False)
+            )
+    return Comparison(anchor.name, test.name, rates, qualities, (float(low), float(high)))
+
+
+def table(comparisons: list[Comparison], metric: str) -> list[dict[str, Any]]:
+    """Return the rows of the Markdown and CSV tables."""
+    unit = "PSNR" if metric == "psnr-rgb" else "MS-SSIM"
+    return [
+        {
+            "anchor": c.anchor,
+            "test": c.test,
+            "BD-rate pchip (%)": round(c.bd_rate["pchip"], 3),
+            "BD-rate cubic (%)": round(c.bd_rate["cubic"], 3),
+            f"BD-{unit} pchip (dB)": round(c.bd_quality["pchip"], 4),
+            f"BD-{unit} cubic (dB)": round(c.bd_quality["cubic"], 4),
+            "overlap (dB)": f"{c.overlap_db[0]:.2f}–{c.overlap_db[1]:.2f}",
+        }
+        for c in comparisons
+    ]
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(curves: list[Curve], path: Path, metric: str) -> None:
+    """Draw the R-D curves to a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for curve in curves:
+        axes.plot(curve.bpp, curve.quality, "o-", label=curve.name)
+    axes.set_xlabel("rate (bpp)")
+    axes.set_ylabel("PSNR (dB)" if metric == "psnr-rgb" else "MS-SSIM (dB)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m moopt_lic.compare",
+        description="BD-rate and BD-PSNR of R-D curves against the first (the anchor).",
+    )
+    parser.add_argument("anchor", help="the anchor's JSON (CompressAI eval_model layout)")
+    parser.add_argument("tests", nargs="+", help="the test curves' JSON files")
+    parser.add_argument("-o", "--out", required=True, help="folder for table.md/.csv, rd.png")
+    parser.add_argument("--metric", default="psnr-rgb", choices=METRICS)
+    args = parser.parse_args(argv)
+    try:
+        anchor = load_curve(args.anchor, args.metric)
+        tests = [load_curve(path, args.metric) for path in args.tests]
+        comparisons = [compare(anchor, test) for test in tests]
+    except InputError as error:
+        print(f"moopt_lic.compare: error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(comparisons, args.metric)
+    markdown = _markdown(rows)
+    (out / "table.md").write_text(markdown + "\n")
+    with open(out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot([anchor, *tests], out / "rd.png", args.metric)
+    print(markdown)
+    print(f"written: {out / 'table.md'}, {out / 'table.csv'}, {out / 'rd.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""moopt_lic.compare: BD-rate and BD-PSNR through the bjontegaard package."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moopt_lic import InputError
+from moopt_lic.compare import Curve, compare, load_curve, main
+
+RATES = np.array([0.1, 0.2, 0.4, 0.8, 1.2])
+PSNRS = np.array([26.0, 28.5, 31.0, 33.5, 35.0])
+
+
+def _write(path, bpp, psnr, name):
+    results = {"bpp": list(bpp), "psnr-rgb": list(psnr), "ms-ssim-rgb": [0.9] * len(bpp)}
+    path.write_text(json.dumps({"name": name, "description": "", "results": results}))
+    return path
+
+
+@pytest.mark.parametrize("factor", [0.9, 0.97, 1.05])
+def test_constant_rate_factor_gives_that_bd_rate(factor):
+    """A curve needing factor × the bits at every quality has BD-rate (factor − 1) exactly."""
+    result = compare(Curve("a", RATES, PSNRS), Curve("t", RATES * factor, PSNRS))
+    for method in ("pchip", "cubic"):
+        assert result.bd_rate[method] == pytest.approx(100 * (factor - 1), abs=1e-6)
+
+
+def test_constant_quality_offset_gives_that_bd_psnr():
+    result = compare(Curve("a", RATES, PSNRS), Curve("t", RATES, PSNRS + 0.4))
+    for method in ("pchip", "cubic"):
+        assert result.bd_quality[method] == pytest.approx(0.4, abs=1e-9)
+        assert result.bd_rate[method] < 0
+
+
+def test_cli_table_and_plot(tmp_path):
+    anchor = _write(tmp_path / "a.json", RATES, PSNRS, "anchor")
+    test = _write(tmp_path / "t.json", RATES * 0.9, PSNRS, "test")
+    assert main([str(anchor), str(test), "-o", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| anchor | test | -10.0 | -10.0 |" in table
+    assert (tmp_path / "out" / "table.csv").read_text().startswith("anchor,test,BD-rate")
+    assert (tmp_path / "out" / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_that_do_not_overlap(tmp_path):
+    with pytest.raises(InputError, match="do not overlap in quality"):
+        compare(Curve("a", RATES, PSNRS), Curve("t", RATES, PSNRS - 20))
+
+
+def test_too_few_points_and_bad_files(tmp_path, capsys):
+    few = _write(tmp_path / "few.json", RATES[:3], PSNRS[:3], "few")
+    with pytest.raises(InputError, match="has 3 R-D point"):
+        load_curve(few)
+    (tmp_path / "bad.json").write_text("{}")
+    good = _write(tmp_path / "good.json", RATES, PSNRS, "good")
+    for argv, message in [
+        ([str(good), str(tmp_path / "bad.json")], "not in CompressAI's eval_model layout"),
+        ([str(good), str(tmp_path / "none.json")], "does not exist"),
+        ([str(good), str(few)], "BD-rate needs at least 4"),
+    ]:
+        assert main([*argv, "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_ms_ssim_in_db(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "m", "results": {
+        "bpp": [0.1, 0.2, 0.3, 0.4], "ms-ssim-rgb": [0.9, 0.99, 0.999, 0.9999]}}))  # fmt: skip
+    curve = load_curve(path, "ms-ssim-rgb")
+    np.testing.assert_allclose(curve.quality, [10, 20, 30, 40])

@@ -1,0 +1,133 @@
+"""torchrun: two CPU processes (gloo) with batch b train like one process with batch 2b."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from moopt_lic import InputError, TrainConfig, load_model, train
+from moopt_lic.distributed import fingerprint
+from moopt_lic.models import ModelSpec, build_model
+
+#: Parameters of the two runs agree to this (float32 sums in another order; 6 Adam steps).
+TOLERANCE = 1e-4
+
+
+def _flags(data: Path, balancer: str, batch: int, out: Path, steps: int = 6) -> list[str]:
+    return [
+        "-d", str(data), "--N", "8", "--M", "8", "--batch-size", str(batch),
+        "--steps", str(steps), "--checkpoint-every", "1", "--eval-every", "100",
+        "--balancer", balancer, "--threads", "1", "--no-progress", "--no-final-eval",
+        "-o", str(out),
+    ]  # fmt: skip
+
+
+def _torchrun(flags: list[str], **kwargs) -> subprocess.Popen:
+    port = str(29500 + os.getpid() % 1000)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port", port, "-m", "moopt_lic.train", *flags]  # fmt: skip
+    return subprocess.Popen(command, start_new_session=True, **kwargs)
+
+
+def _run_two(flags: list[str]) -> None:
+    process = _torchrun(flags, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+
+
+def _checkpoint(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint.pt", weights_only=False)
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    return max(
+        (a[name].double() - b[name].double()).abs().max().item()
+        for name in a
+        if a[name].is_floating_point() and a[name].numel()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("balancer", ["weighted-sum", "coarse-to-fine", "eq-qp"])
+def test_two_processes_train_like_one_with_twice_the_batch(test_images, tmp_path, balancer):
+    """Same samples, same noise, same weights: parameters agree to TOLERANCE.
+
+    Every checkpoint step (here every step) the processes compare a digest of their
+    parameters and balancer state and stop if they differ, so finishing means the balancer
+    state was identical on both ranks at every step.
+    """
+    _run_two(_flags(test_images, balancer, 2, tmp_path / "two"))
+    config = TrainConfig(**{**_config(test_images, balancer, 4), "out": str(tmp_path / "one")})
+    train(config)
+    two, one = _checkpoint(tmp_path / "two"), _checkpoint(tmp_path / "one")
+    assert two["processes"] == 2 and one["processes"] == 1 and two["step"] == one["step"] == 6
+    assert not any(name.startswith("module.") for name in two["model"])
+    assert _max_difference(two["model"], one["model"]) < TOLERANCE
+    for key in ("logits",) if balancer == "coarse-to-fine" else ():
+        torch.testing.assert_close(
+            torch.tensor(two["balancer"][key]),
+            torch.tensor(one["balancer"][key]),
+            atol=1e-4,
+            rtol=0,
+        )
+    load_model(tmp_path / "two" / "checkpoint.pt")  # the plain model's state_dict
+
+
+def _config(data: Path, balancer: str, batch: int) -> dict:
+    return dict(dataset=str(data), N=8, M=8, batch_size=batch, steps=6, checkpoint_every=1,
+                eval_every=100, balancer=balancer, threads=1, progress=False,
+                final_eval=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_under_two_processes_after_sigkill(test_images, tmp_path):
+    """A 2-process run killed mid-training and resumed under torchrun ends bit-identical."""
+    _run_two(_flags(test_images, "coarse-to-fine", 2, tmp_path / "full", steps=10))
+    killed = tmp_path / "killed"
+    process = _torchrun(
+        _flags(test_images, "coarse-to-fine", 2, killed, steps=10),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (killed / "checkpoint.pt").exists() and _checkpoint(killed)["step"] >= 4:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
+    process.wait()
+    assert 4 <= _checkpoint(killed)["step"] < 10
+    _run_two(["--resume", "-o", str(killed), "--no-progress"])
+    full, resumed = _checkpoint(tmp_path / "full"), _checkpoint(killed)
+    assert resumed["step"] == 10
+    for name, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert repr(full["balancer"]) == repr(resumed["balancer"])
+
+
+def test_resume_needs_the_same_number_of_processes(tiny_config, tmp_path):
+    train(tiny_config(steps=2))
+    state = torch.load(Path(tiny_config().out) / "checkpoint.pt", weights_only=False)
+    state["processes"] = 2
+    torch.save(state, Path(tiny_config().out) / "checkpoint.pt")
+    with pytest.raises(InputError, match=r"trained by 2 process\(es\), not 1"):
+        train(tiny_config(resume=True))
+
+
+def test_fingerprint_sees_parameters_balancer_and_step():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("bmshj2018-factorized", N=8, M=8))
+    base = fingerprint(model, {"logits": [0.0, 0.0]}, 3)
+    assert fingerprint(model, {"logits": [0.0, 0.0]}, 3) == base
+    assert fingerprint(model, {"logits": [0.0, 1e-12]}, 3) != base
+    assert fingerprint(model, {"logits": [0.0, 0.0]}, 4) != base
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert fingerprint(model, {"logits": [0.0, 0.0]}, 3) != base

@@ -37,6 +37,7 @@ class Arm:
     label: str
     balancer: str
     finetune: bool = False
+    loss_floor: float | None = None
 
 
 ARMS = (
@@ -44,13 +45,15 @@ ARMS = (
     Arm("coarse-to-fine", "coarse-to-fine"),
     Arm("MGDA", "mgda"),
     Arm("EqQP", "eq-qp"),
+    Arm("coarse-to-fine, shift m = −10 (λ-preserving)", "coarse-to-fine", loss_floor=-10.0),
     Arm("coarse-to-fine, fine-tuned from weighted sum", "coarse-to-fine", finetune=True),
     Arm("EqQP, fine-tuned from weighted sum", "eq-qp", finetune=True),
 )
 
 
 def run_name(arm: Arm, lmbda: float) -> str:
-    return f"{arm.balancer}{'-ft' if arm.finetune else ''}-{lmbda}"
+    floor = "" if arm.loss_floor is None else f"-m{-arm.loss_floor:g}"
+    return f"{arm.balancer}{floor}{'-ft' if arm.finetune else ''}-{lmbda}"
 
 
 def run_one(arm: Arm, lmbda: float, args: argparse.Namespace) -> dict:
@@ -81,6 +84,7 @@ def _train(arm: Arm, lmbda: float, args: argparse.Namespace, out: Path, TrainCon
         M=96,
         lmbda=lmbda,
         balancer=arm.balancer,
+        loss_floor=arm.loss_floor,
         patch_size=64,
         batch_size=8,
         seed=args.seed,

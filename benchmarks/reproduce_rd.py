@@ -12,8 +12,12 @@ Protocol (every choice is a constant or a flag below; ``--scale gpu`` is the lar
 * arm A: weighted sum from scratch, ``--steps`` steps;
 * arm B: coarse-to-fine from scratch, the same steps (FAMO-style, shift −1, logit lr 0.025,
   γ 0.003: the released code's values, untuned);
+* arm B′: coarse-to-fine with the shift m = −10 (``--loss-floor -10``), which keeps λ's role
+  while the losses are below ≈ 10 (benchmarks/lambda_sweep.py);
 * arm C: EqQP fine-tuning of A's checkpoint for ``--finetune-steps`` at lr 1e-4 (constant),
   against A continued with the weighted sum for the same steps and lr ("A+"): equal totals;
+* arm E: EqQP fine-tuning in ``--features`` mode (the Gram of the latent's gradients), same
+  steps and lr as C;
 * evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used for
   any choice); validation during training on 4 held-out training photos (the PSNR-vs-step
   curves).
@@ -53,39 +57,66 @@ EXTRA_LAMBDAS_BALANCED = (0.05, 0.1)
 SEEDS = (0, 1)
 SCALES = {
     #        steps, finetune steps, patch, batch, N, M
-    "cpu": (6000, 1500, 64, 8, 64, 96),
+    "cpu": (3000, 1000, 64, 8, 64, 96),
     "gpu": (60000, 15000, 256, 16, 128, 192),
 }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How an arm trains: its balancer, and whether it fine-tunes arm A's checkpoint."""
+
+    balancer: str
+    finetune: bool = False
+    loss_floor: float | None = None
+    features: bool = False
+    extra_lambdas: tuple[float, ...] = ()
+
+
+ARMS = {
+    "A": Arm("weighted-sum"),
+    "B": Arm("coarse-to-fine", extra_lambdas=EXTRA_LAMBDAS_BALANCED),
+    "B'": Arm("coarse-to-fine", loss_floor=-10.0),
+    "A+": Arm("weighted-sum", finetune=True),
+    "C": Arm("eq-qp", finetune=True),
+    "E": Arm("eq-qp", finetune=True, features=True),
+}
+#: (label, anchor arm, test arm): the BD-rates reported, each paired by seed.
+COMPARISONS = (("B vs A", "A", "B"), ("B′ vs A", "A", "B'"), ("C vs A+", "A+", "C"),
+               ("E vs A+", "A+", "E"))  # fmt: skip
+
+
+def lambdas_of(arm: str) -> tuple[float, ...]:
+    return LAMBDAS + ARMS[arm].extra_lambdas
 
 
 @dataclass(frozen=True)
 class Run:
     """One training run: an arm at one λ and seed."""
 
-    arm: str  # "A", "B", "C" or "A+"
+    arm: str
     lmbda: float
     seed: int
 
     @property
     def name(self) -> str:
-        return f"{self.arm.replace('+', 'plus')}-l{self.lmbda}-s{self.seed}"
+        return f"{self.arm.replace('+', 'plus').replace(chr(39), 'p')}-l{self.lmbda}-s{self.seed}"
 
     @property
     def source(self) -> Run | None:
         """The run whose checkpoint this one fine-tunes."""
-        return Run("A", self.lmbda, self.seed) if self.arm in ("C", "A+") else None
+        return Run("A", self.lmbda, self.seed) if ARMS[self.arm].finetune else None
 
 
 def all_runs() -> list[Run]:
     """Scratch runs first (fine-tunes need their checkpoints)."""
-    runs = [Run(arm, lmbda, seed) for seed in SEEDS for lmbda in LAMBDAS for arm in ("A", "B")]
-    runs += [Run("B", lmbda, seed) for seed in SEEDS for lmbda in EXTRA_LAMBDAS_BALANCED]
-    runs += [Run(arm, lmbda, seed) for seed in SEEDS for lmbda in LAMBDAS for arm in ("C", "A+")]
-    return runs
+    order = sorted(ARMS, key=lambda arm: ARMS[arm].finetune)
+    return [Run(arm, lmbda, seed) for arm in order for seed in SEEDS for lmbda in lambdas_of(arm)]
 
 
 def config_for(run: Run, args: argparse.Namespace) -> dict:
     steps, finetune, patch, batch, n, m = SCALES[args.scale]
+    arm = ARMS[run.arm]
     common = dict(
         dataset=str(DATA / "train"),
         holdout=4,
@@ -101,16 +132,16 @@ def config_for(run: Run, args: argparse.Namespace) -> dict:
         final_eval=False,
         out=str(args.out / run.name),
         checkpoint_every=200,
-        eval_every=500,
+        eval_every=250,
         log_every=50,
+        balancer=arm.balancer,
+        loss_floor=arm.loss_floor,
+        features=arm.features,
     )
     if run.source is None:
-        balancer = "weighted-sum" if run.arm == "A" else "coarse-to-fine"
-        return {**common, "balancer": balancer, "steps": args.steps or steps, "lr": 1e-3,
-                "lr_schedule": "cosine"}  # fmt: skip
+        return {**common, "steps": args.steps or steps, "lr": 1e-3, "lr_schedule": "cosine"}
     return {
         **common,
-        "balancer": "eq-qp" if run.arm == "C" else "weighted-sum",
         "steps": args.finetune_steps or finetune,
         "lr": 1e-4,
         "lr_schedule": "constant",
@@ -119,12 +150,18 @@ def config_for(run: Run, args: argparse.Namespace) -> dict:
 
 
 def finished(run: Run, args: argparse.Namespace) -> bool:
-    return (args.out / run.name / "metrics.json").exists()
+    """Done: trained to the end, or stopped by a NaN/∞ (recorded in diverged.json)."""
+    return any((args.out / run.name / done).exists() for done in ("metrics.json", "diverged.json"))
+
+
+def diverged(run: Run, args: argparse.Namespace) -> str | None:
+    path = args.out / run.name / "diverged.json"
+    return json.loads(path.read_text())["diverged"] if path.exists() else None
 
 
 def train_run(run: Run, args: argparse.Namespace) -> str:
     """Train, resume or skip one run (in a worker process)."""
-    from moopt_lic import TrainConfig, train
+    from moopt_lic import TrainConfig, TrainingDiverged, train
 
     folder = args.out / run.name
     values = config_for(run, args)
@@ -132,7 +169,10 @@ def train_run(run: Run, args: argparse.Namespace) -> str:
         return run.name
     if (folder / "checkpoint.pt").exists():
         values["resume"] = True
-    train(TrainConfig(**values))
+    try:
+        train(TrainConfig(**values))
+    except TrainingDiverged as error:  # a result: this arm does not train at this λ
+        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
     return run.name
 
 
@@ -179,7 +219,7 @@ def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
     cache = args.out / "evaluation.json"
     results: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
     for run in all_runs():
-        if run.name in results or not finished(run, args):
+        if run.name in results or not finished(run, args) or diverged(run, args):
             continue
         rows = evaluate_checkpoint(args.out / run.name / "checkpoint.pt", images,
                                    torch.device("cpu"))  # fmt: skip
@@ -224,16 +264,11 @@ def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> dict[str, float]
 
 def report(args: argparse.Namespace) -> str:
     results = evaluate_all(args)
-    balanced_lambdas = LAMBDAS + EXTRA_LAMBDAS_BALANCED
     lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic |", "|---|---|---|---|"]
     summary: dict[str, list[float]] = {}
-    pairs = [
-        ("B vs A", ("A", LAMBDAS), ("B", balanced_lambdas)),
-        ("C vs A+", ("A+", LAMBDAS), ("C", LAMBDAS)),
-    ]
-    for label, (anchor_arm, anchor_l), (test_arm, test_l) in pairs:
+    for label, anchor, test in COMPARISONS:
         for seed in SEEDS:
-            value = bd(results, (anchor_arm, seed, anchor_l), (test_arm, seed, test_l))
+            value = bd(results, (anchor, seed, lambdas_of(anchor)), (test, seed, lambdas_of(test)))
             if isinstance(value, str):
                 lines.append(f"| {label} | {seed} | undefined: {value} | |")
                 continue
@@ -241,11 +276,9 @@ def report(args: argparse.Namespace) -> str:
             pchip, cubic = value["pchip"], value["cubic"]
             lines.append(f"| {label} | {seed} | {pchip:+.2f} % | {cubic:+.2f} % |")
     noise = bd(results, ("A", SEEDS[0], LAMBDAS), ("A", SEEDS[1], LAMBDAS))
-    lines.append(
-        "| A seed 1 vs A seed 0 (noise) | – | "
-        + (f"{noise['pchip']:+.2f} % | {noise['cubic']:+.2f} % |" if isinstance(noise, dict)
-           else f"undefined: {noise} | |")
-    )  # fmt: skip
+    cells = (f"{noise['pchip']:+.2f} % | {noise['cubic']:+.2f} %" if isinstance(noise, dict)
+             else f"undefined: {noise} |")  # fmt: skip
+    lines.append(f"| A seed 1 vs A seed 0 (noise) | – | {cells} |")
     for label, values in summary.items():
         if len(values) > 1:
             lines.append(
@@ -253,16 +286,18 @@ def report(args: argparse.Namespace) -> str:
                 f"{statistics.stdev(values):.2f} % | |"
             )
     lines += ["", "| run | bpp | PSNR (dB) | effective λ | train s |", "|---|---|---|---|---|"]
+    times: dict[str, list[float]] = {}
     for run in all_runs():
-        if run.name in results:
+        if (message := diverged(run, args)) is not None:
+            lines.append(f"| {run.name} | diverged: {message.split(':')[0]} | | | |")
+        elif run.name in results:
             r = results[run.name]
+            times.setdefault(run.arm, []).append(r["train_seconds"])
             lines.append(f"| {run.name} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
                          f"{r['effective_lambda']:.3g} | {r['train_seconds']:.0f} |")  # fmt: skip
-    times = {arm: [r["train_seconds"] for n, r in results.items() if n.startswith(arm + "-l")]
-             for arm in ("A", "B", "C", "Aplus")}  # fmt: skip
     lines.append("")
-    for test, anchor in (("B", "A"), ("C", "Aplus")):
-        if times[test] and times[anchor]:
+    for _label, anchor, test in COMPARISONS:
+        if times.get(test) and times.get(anchor):
             ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])
             lines.append(f"wall-time ratio {test}/{anchor}: {ratio:.2f}")
     plots(args, results)
@@ -280,14 +315,13 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"A": "o-", "B": "s--", "A+": "^-", "C": "v--"}
+    styles = {"A": "o-", "B": "s--", "B'": "D--", "A+": "^-", "C": "v--", "E": "x--"}
     for seed in SEEDS:
         for arm, style in styles.items():
-            lambdas = LAMBDAS + (EXTRA_LAMBDAS_BALANCED if arm == "B" else ())
-            bpp, psnr = curve(results, arm, seed, lambdas)
+            bpp, psnr = curve(results, arm, seed, lambdas_of(arm))
             if bpp:
                 axes[0].plot(bpp, psnr, style, label=f"{arm} seed {seed}", alpha=0.8)
-        for arm in ("A", "B"):
+        for arm in ("A", "B", "B'"):
             for lmbda in LAMBDAS:
                 folder = args.out / Run(arm, lmbda, seed).name / "tensorboard"
                 if not folder.exists():
@@ -301,7 +335,7 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     axes[0].set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)", title="R-D, eval photos")
     axes[0].legend(fontsize=7)
     axes[1].set(xlabel="step", ylabel="validation PSNR (dB)",
-                title="convergence (A: solid, B: dashed; every λ and seed)")  # fmt: skip
+                title="convergence (A solid, B and B′ dashed; every λ, seed)")  # fmt: skip
     for ax in axes:
         ax.grid(True, alpha=0.3)
     figure.tight_layout()

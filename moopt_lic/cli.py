@@ -53,9 +53,9 @@ def lambda_note(metrics: dict[str, Any]) -> list[str]:
     lines.append(
         f"note: under {metrics['balancer']} the updates followed a trade-off {how}, so the "
         f"codec will not sit where a weighted sum at this λ would (the balancer works on "
-        f"log-losses, in which λ cancels while D ≫ 1). To keep the rate target, train with "
-        f"--balancer weighted-sum, then fine-tune with --init-from CHECKPOINT --balancer "
-        f"eq-qp (docs: 'What λ means under balancing')"
+        f"log-losses, in which λ cancels while D ≫ 1). To keep the rate target: for "
+        f"coarse-to-fine a larger shift, --loss-floor -10; or the weighted sum at λ, then a "
+        f"balancer as fine-tuning with --init-from (docs: 'What λ means under balancing')"
     )
     return lines
 

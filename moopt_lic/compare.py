@@ -112,10 +112,21 @@ def compare(anchor: Curve, test: Curve) -> Comparison:
     Raises
     ------
     InputError
-        If the curves do not overlap in quality (BD-rate is then undefined) or in rate.
+        If a curve's quality does not rise with its rate, or the curves do not overlap in
+        quality (BD-rate is then undefined) or in rate.
     """
     import bjontegaard
 
+    for curve in (anchor, test):
+        if not np.all(np.diff(curve.quality) > 0):
+            points = ", ".join(
+                f"{b:.3f} bpp/{q:.2f} dB" for b, q in zip(curve.bpp, curve.quality, strict=True)
+            )
+            raise InputError(
+                f"the curve {curve.name!r} is not monotonic (its quality does not rise with "
+                f"its rate: {points}); "
+                f"BD-rate needs monotonic curves (train longer, or drop the crossing points)"
+            )
     low = max(anchor.quality.min(), test.quality.min())
     high = min(anchor.quality.max(), test.quality.max())
     if low >= high:

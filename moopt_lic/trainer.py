@@ -444,7 +444,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state["best"]
         self.elapsed = float(state["elapsed"])
-        self.recent_effective_lambda = list(state["recent_effective_lambda"])
+        self.recent_effective_lambda = list(state.get("recent_effective_lambda", []))
 
     def _load_initial_weights(self, path: str) -> None:
         checkpoint = read_checkpoint(path) if Path(path).is_file() else None

@@ -50,6 +50,13 @@ def test_curves_that_do_not_overlap(tmp_path):
         compare(Curve("a", RATES, PSNRS), Curve("t", RATES, PSNRS - 20))
 
 
+def test_non_monotonic_curve_is_refused():
+    bent = PSNRS.copy()
+    bent[2] = 27.0  # a higher rate with a lower PSNR than its neighbour
+    with pytest.raises(InputError, match="'t' is not monotonic"):
+        compare(Curve("a", RATES, PSNRS), Curve("t", RATES, bent))
+
+
 def test_too_few_points_and_bad_files(tmp_path, capsys):
     few = _write(tmp_path / "few.json", RATES[:3], PSNRS[:3], "few")
     with pytest.raises(InputError, match="has 3 R-D point"):

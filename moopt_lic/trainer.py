@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -323,6 +324,7 @@ class Trainer:
             total=self.total_steps,
             initial=self.step,
             disable=not (config.progress and main),
+            mininterval=0.1 if sys.stderr.isatty() else 15,  # few lines in logs and CI
             desc=f"{config.model} {config.balancer}",
             dynamic_ncols=True,
         )

@@ -131,3 +131,52 @@ def test_fingerprint_sees_parameters_balancer_and_step():
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-6
     assert fingerprint(model, {"logits": [0.0, 0.0]}, 3) != base
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_dead_rank_ends_the_job(test_images, tmp_path):
+    """SIGKILL one worker mid-training: torchrun ends the job, non-zero, instead of hanging."""
+    out = tmp_path / "run"
+    process = _torchrun(
+        _flags(test_images, "coarse-to-fine", 2, out, steps=10_000),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "checkpoint.pt").exists() and _checkpoint(out)["step"] >= 2:
+                break
+            time.sleep(0.05)
+        workers = _children(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        assert process.wait(timeout=120) != 0
+        time.sleep(1)
+        assert not any(_running(pid) for pid in workers)  # the other worker was stopped too
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -343,6 +343,7 @@ class Trainer:
                     bar.set_postfix(
                         bpp=f"{scalars['train/rate_bpp']:.3f}",
                         λ_eff=f"{scalars['balancer/effective_lambda']:.4g}",
+                        refresh=False,  # shown at the bar's next refresh (mininterval)
                     )
                     times.clear()
                 if main and (self.step % config.eval_every == 0 or self.step == self.total_steps):

@@ -32,7 +32,7 @@ import torch
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.data import ImageSet, image_to_tensor
 from moopt_lic.errors import InputError
-from moopt_lic.models import ModelSpec, load_model, read_checkpoint
+from moopt_lic.models import ModelSpec, model_from_checkpoint, read_checkpoint
 from moopt_lic.trainer import resolve_device
 
 __all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main"]
@@ -58,8 +58,9 @@ def evaluate_checkpoint(
     path: str | Path, images: ImageSet, device: torch.device
 ) -> list[ImageResult]:
     """Code every image of ``images`` with the codec in checkpoint ``path``."""
-    model = load_model(path, device)
-    multiple = ModelSpec(**read_checkpoint(path)["model_spec"]).downsampling
+    checkpoint = read_checkpoint(path)  # read once: the model and its padding multiple
+    model = model_from_checkpoint(checkpoint, device)
+    multiple = ModelSpec(**checkpoint["model_spec"]).downsampling
     results = []
     with torch.no_grad():
         for index in range(len(images)):

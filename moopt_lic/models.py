@@ -27,7 +27,14 @@ from compressai.zoo.image import cfgs
 
 from moopt_lic.errors import InputError
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "load_model", "main_and_aux_parameters"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "load_model",
+    "main_and_aux_parameters",
+    "model_from_checkpoint",
+]
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     InputError
         If the file is missing or is not a moopt_lic checkpoint.
     """
-    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), device)
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Rebuild the codec of an already read checkpoint (see :func:`load_model`)."""
     spec = ModelSpec(**checkpoint["model_spec"])
     model = build_model(spec)
     model.load_state_dict(checkpoint["model"])

@@ -1,6 +1,6 @@
 """The paper's claim at a scale this machine can train: BD-rate of balanced vs weighted-sum.
 
-Protocol (every choice is a constant or a flag below; ``--scale gpu`` is the larger preset):
+Protocol (every choice is a constant or a flag below; ``--scale large`` is the larger preset):
 
 * codec: ``mbt2018-mean`` with N = 64, M = 96 (the mean-scale hyperprior of the paper's
   appendix, at the PILOT's CPU size); random 64 × 64 crops of ``../shared/data/train``,
@@ -29,12 +29,15 @@ ratios; the R-D plot and the PSNR-vs-step plot. Written to ``benchmarks/results/
 and quoted in ``docs/benchmarks.md``.
 
 Runs are resumable and the script continues across sessions: each invocation works for at
-most ``--minutes`` (default 85), two runs in parallel (1 thread each), then stops; the
+most ``--minutes`` (default 85), ``--jobs`` runs in parallel (1 thread each), then stops; the
 unfinished runs resume from their last checkpoint next time, finished ones are skipped.
+``--stage`` splits the work where training and evaluation happen on different machines.
 
-    python benchmarks/reproduce_rd.py                 # repeat until it prints the table
-    python benchmarks/reproduce_rd.py --report-only   # the table from what is finished
-    python benchmarks/reproduce_rd.py --scale gpu --device cuda --jobs 1
+    python benchmarks/reproduce_rd.py                   # repeat until it prints the table
+    python benchmarks/reproduce_rd.py --stage report    # the table from what is finished
+    python benchmarks/reproduce_rd.py --device cuda --jobs 15 --eval-device cuda \
+        --eval-jobs 12 --label h200 --out runs/reproduce_rd_h200   # the small preset, one GPU
+    python benchmarks/reproduce_rd.py --scale large --device cuda --jobs 4 --label h200
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -56,9 +60,9 @@ LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
 EXTRA_LAMBDAS_BALANCED = (0.05, 0.1)
 SEEDS = (0, 1)
 SCALES = {
-    #        steps, finetune steps, patch, batch, N, M
-    "cpu": (3000, 1000, 64, 8, 64, 96),
-    "gpu": (60000, 15000, 256, 16, 128, 192),
+    #          steps, finetune steps, patch, batch, N, M
+    "small": (3000, 1000, 64, 8, 64, 96),  # ≈ 4.5 h on 2 CPU cores, minutes on one GPU
+    "large": (60000, 15000, 256, 16, 128, 192),  # a GPU's job
 }
 
 
@@ -108,10 +112,14 @@ class Run:
         return Run("A", self.lmbda, self.seed) if ARMS[self.arm].finetune else None
 
 
+#: The order runs start in: the issue's comparisons (B vs A, C vs A+) first, the extra arms
+#: after; a fine-tune starts once its arm-A checkpoint is finished.
+PRIORITY = ("A", "B", "A+", "C", "B'", "E")
+
+
 def all_runs() -> list[Run]:
-    """Scratch runs first (fine-tunes need their checkpoints)."""
-    order = sorted(ARMS, key=lambda arm: ARMS[arm].finetune)
-    return [Run(arm, lmbda, seed) for arm in order for seed in SEEDS for lmbda in lambdas_of(arm)]
+    """Every run of the protocol, in the order they start."""
+    return [Run(arm, lm, seed) for arm in PRIORITY for seed in SEEDS for lm in lambdas_of(arm)]
 
 
 def config_for(run: Run, args: argparse.Namespace) -> dict:
@@ -160,79 +168,132 @@ def diverged(run: Run, args: argparse.Namespace) -> str | None:
 
 
 def train_run(run: Run, args: argparse.Namespace) -> str:
-    """Train, resume or skip one run (in a worker process)."""
+    """Train, resume or skip one run (in a worker process); with ``--stage all``, evaluate it.
+
+    Evaluating right after training spreads the (CPU-heavy) real coding over the session
+    instead of leaving it all to the end.
+    """
     from moopt_lic import TrainConfig, TrainingDiverged, train
 
     folder = args.out / run.name
     values = config_for(run, args)
-    if finished(run, args):
-        return run.name
-    if (folder / "checkpoint.pt").exists():
-        values["resume"] = True
-    try:
-        train(TrainConfig(**values))
-    except TrainingDiverged as error:  # a result: this arm does not train at this λ
-        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+    if not finished(run, args):
+        if (folder / "checkpoint.pt").exists():
+            values["resume"] = True
+        try:
+            train(TrainConfig(**values))
+        except TrainingDiverged as error:  # a result: this arm does not train at this λ
+            (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+    if args.stage == "all" and to_evaluate(run, args):
+        _load_eval_images(args.eval_images)
+        evaluate_run(run.name, args)
     return run.name
 
 
 def work(args: argparse.Namespace) -> None:
-    """Run what is not finished, two at a time, until done or out of time."""
+    """Run what is not finished, ``--jobs`` at a time, until done or out of time.
+
+    Stopped early (time limit, SIGTERM, Ctrl-C), it stops its workers too: each resumes from
+    its last checkpoint next time.
+    """
     deadline = time.monotonic() + 60 * args.minutes
-    pending = [run for run in all_runs() if not finished(run, args)]
+    evaluating = args.stage == "all"  # a worker also codes its run's checkpoint
+    pending = [
+        run
+        for run in all_runs()
+        if not finished(run, args) or (evaluating and to_evaluate(run, args))
+    ]
     context = multiprocessing.get_context("spawn")
     active: dict[str, multiprocessing.process.BaseProcess] = {}
-    while (pending or active) and time.monotonic() < deadline:
-        for name, process in list(active.items()):
-            if not process.is_alive():
-                process.join()
-                print(f"{name}: exit {process.exitcode}", flush=True)
-                del active[name]
-        ready = [r for r in pending if r.source is None or finished(r.source, args)]
-        while ready and len(active) < args.jobs:
-            run = ready.pop(0)
-            pending.remove(run)
-            process = context.Process(target=train_run, args=(run, args), name=run.name)
-            process.start()
-            active[run.name] = process
-            print(f"{run.name}: started", flush=True)
-        if not ready and not active and pending:
-            break  # fine-tunes wait for scratch runs that failed
-        time.sleep(5)
-    for name, process in active.items():  # out of time: resumed from its checkpoint later
-        process.terminate()
-        process.join()
-        print(f"{name}: stopped at the time limit, resumes next time", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("reproduce_rd: terminated"))
+    try:
+        while (pending or active) and time.monotonic() < deadline:
+            for name, process in list(active.items()):
+                if not process.is_alive():
+                    process.join()
+                    print(f"{name}: exit {process.exitcode}", flush=True)
+                    del active[name]
+            ready = [r for r in pending if r.source is None or finished(r.source, args)]
+            while ready and len(active) < args.jobs:
+                run = ready.pop(0)
+                pending.remove(run)
+                process = context.Process(target=train_run, args=(run, args), name=run.name)
+                process.start()
+                active[run.name] = process
+                print(f"{run.name}: started", flush=True)
+            if not ready and not active and pending:
+                break  # fine-tunes wait for scratch runs that failed
+            time.sleep(2)
+    finally:
+        for name, process in active.items():
+            process.terminate()
+            process.join()
+            print(f"{name}: stopped, resumes from its checkpoint next time", flush=True)
+
+
+_EVAL_IMAGES = None  # the evaluation photos, loaded once per evaluation worker
+
+
+def _load_eval_images(count: int | None) -> None:
+    global _EVAL_IMAGES
+    from moopt_lic.data import ImageSet
+
+    images = ImageSet.from_folder(DATA / "eval")
+    _EVAL_IMAGES = images.split(len(images) - count, seed=0)[0] if count else images
+
+
+def _evaluation_file(run_name: str, args: argparse.Namespace) -> Path:
+    return args.out / run_name / "evaluation.json"
+
+
+def evaluated(run_name: str, args: argparse.Namespace) -> bool:
+    return _evaluation_file(run_name, args).exists()
+
+
+def to_evaluate(run: Run, args: argparse.Namespace) -> bool:
+    """Trained to the end (not diverged) and not evaluated yet."""
+    return finished(run, args) and not diverged(run, args) and not evaluated(run.name, args)
+
+
+def evaluate_run(run_name: str, args: argparse.Namespace) -> dict:
+    """Real coding of one run's final checkpoint on the evaluation photos (in a worker).
+
+    The result is written to the run's ``evaluation.json`` (its bpp and PSNR are means over
+    the photos) and returned.
+    """
+    import torch
+
+    from moopt_lic.evaluate import evaluate_checkpoint
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.eval_device)
+    rows = evaluate_checkpoint(args.out / run_name / "checkpoint.pt", _EVAL_IMAGES, device)
+    metrics = json.loads((args.out / run_name / "metrics.json").read_text())
+    result = {
+        "bpp": statistics.fmean(r.bpp for r in rows),
+        "psnr": statistics.fmean(r.psnr for r in rows),
+        "max_decode_mismatch": max(r.decode_mismatch for r in rows),
+        "train_seconds": metrics["train_seconds"],
+        "effective_lambda": metrics["effective_lambda"],
+        "eval_device": args.eval_device,
+        "eval_images": len(rows),
+    }
+    _evaluation_file(run_name, args).write_text(json.dumps(result, indent=1, sort_keys=True))
+    print(f"evaluated {run_name}: bpp {result['bpp']:.4f}, PSNR {result['psnr']:.2f}", flush=True)
+    return result
 
 
 def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Real coding of every finished run's final checkpoint on the evaluation photos."""
-    import torch
+    """Evaluate every finished run not evaluated yet, ``--eval-jobs`` at a time; all results."""
+    from concurrent.futures import ProcessPoolExecutor
 
-    from moopt_lic.data import ImageSet
-    from moopt_lic.evaluate import evaluate_checkpoint
-
-    torch.set_num_threads(2)
-    images = ImageSet.from_folder(DATA / "eval")
-    if args.eval_images:
-        images = images.split(len(images) - args.eval_images, seed=0)[0]
-    cache = args.out / "evaluation.json"
-    results: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
-    for run in all_runs():
-        if run.name in results or not finished(run, args) or diverged(run, args):
-            continue
-        rows = evaluate_checkpoint(args.out / run.name / "checkpoint.pt", images,
-                                   torch.device("cpu"))  # fmt: skip
-        metrics = json.loads((args.out / run.name / "metrics.json").read_text())
-        results[run.name] = {
-            "bpp": statistics.fmean(r.bpp for r in rows),
-            "psnr": statistics.fmean(r.psnr for r in rows),
-            "train_seconds": metrics["train_seconds"],
-            "effective_lambda": metrics["effective_lambda"],
-        }
-        cache.write_text(json.dumps(results, indent=1))
-        print(f"evaluated {run.name}: {results[run.name]}", flush=True)
-    return results
+    todo = [run.name for run in all_runs() if to_evaluate(run, args)]
+    if todo:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.eval_jobs, mp_context=context, initializer=_load_eval_images,
+                                 initargs=(args.eval_images,)) as pool:  # fmt: skip
+            list(pool.map(evaluate_run, todo, [args] * len(todo)))
+    return evaluated_results(args)
 
 
 def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> tuple[list, list]:
@@ -262,8 +323,15 @@ def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> dict[str, float]
     return comparison.bd_rate
 
 
+def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
+    """The evaluation of every run that has one, by run name."""
+    return {run.name: json.loads(_evaluation_file(run.name, args).read_text())
+            for run in all_runs() if evaluated(run.name, args)}  # fmt: skip
+
+
 def report(args: argparse.Namespace) -> str:
-    results = evaluate_all(args)
+    """The tables (BD-rates, noise floor, λ → operating point, times) of what is evaluated."""
+    results = evaluated_results(args)
     lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic |", "|---|---|---|---|"]
     summary: dict[str, list[float]] = {}
     for label, anchor, test in COMPARISONS:
@@ -296,13 +364,21 @@ def report(args: argparse.Namespace) -> str:
             lines.append(f"| {run.name} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
                          f"{r['effective_lambda']:.3g} | {r['train_seconds']:.0f} |")  # fmt: skip
     lines.append("")
+    from moopt_lic.evaluate import DEFAULT_TOLERANCE
+
+    broken = [name for name, r in results.items()
+              if not r.get("max_decode_mismatch", 0.0) <= DEFAULT_TOLERANCE]  # fmt: skip
+    lines.append(f"decode check: {len(results) - len(broken)} of {len(results)} evaluated runs "
+                 f"decode to their forward reconstruction within {DEFAULT_TOLERANCE}"
+                 + (f"; NOT: {', '.join(broken)}" if broken else ""))  # fmt: skip
     for _label, anchor, test in COMPARISONS:
         if times.get(test) and times.get(anchor):
             ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])
             lines.append(f"wall-time ratio {test}/{anchor}: {ratio:.2f}")
     plots(args, results)
     done = sum(finished(run, args) for run in all_runs())
-    header = f"{done} of {len(all_runs())} runs finished (scale {args.scale})\n\n"
+    header = (f"{done} of {len(all_runs())} runs finished (scale {args.scale}, trained on "
+              f"{args.label})\n\n")  # fmt: skip
     return header + "\n".join(lines)
 
 
@@ -315,14 +391,17 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"A": "o-", "B": "s--", "B'": "D--", "A+": "^-", "C": "v--", "E": "x--"}
+    colors = {"A": "C0", "B": "C1", "B'": "C2", "A+": "C3", "C": "C4", "E": "C5"}
+    markers = {"A": "o", "B": "s", "B'": "D", "A+": "^", "C": "v", "E": "x"}
+    lines = {SEEDS[0]: "-", SEEDS[1]: ":"}
     for seed in SEEDS:
-        for arm, style in styles.items():
+        for arm in ARMS:
             bpp, psnr = curve(results, arm, seed, lambdas_of(arm))
             if bpp:
-                axes[0].plot(bpp, psnr, style, label=f"{arm} seed {seed}", alpha=0.8)
+                axes[0].plot(bpp, psnr, lines[seed], marker=markers[arm], color=colors[arm],
+                             label=f"{arm} seed {seed}", alpha=0.8)  # fmt: skip
         for arm in ("A", "B", "B'"):
-            for lmbda in LAMBDAS:
+            for lmbda in lambdas_of(arm):
                 folder = args.out / Run(arm, lmbda, seed).name / "tensorboard"
                 if not folder.exists():
                     continue
@@ -331,21 +410,27 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
                 if "val/psnr" in events.Tags()["scalars"]:
                     points = events.Scalars("val/psnr")
                     axes[1].plot([p.step for p in points], [p.value for p in points],
-                                 styles[arm], markersize=3, alpha=0.6)  # fmt: skip
-    axes[0].set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)", title="R-D, eval photos")
+                                 lines[seed], color=colors[arm], alpha=0.5)  # fmt: skip
+    axes[0].set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)",
+                title="R-D on the eval photos (seed 0 solid, seed 1 dotted)")  # fmt: skip
     axes[0].legend(fontsize=7)
     axes[1].set(xlabel="step", ylabel="validation PSNR (dB)",
-                title="convergence (A solid, B and B′ dashed; every λ, seed)")  # fmt: skip
+                title="training from scratch: A blue, B orange, B′ green (every λ)")  # fmt: skip
     for ax in axes:
         ax.grid(True, alpha=0.3)
     figure.tight_layout()
-    figure.savefig(ROOT / "benchmarks" / "results" / f"reproduce_rd_{args.scale}.png", dpi=110)
+    figure.savefig(ROOT / "benchmarks" / "results" / f"{results_stem(args)}.png", dpi=110)
     plt.close(figure)
+
+
+def results_stem(args: argparse.Namespace) -> str:
+    """``benchmarks/results/<stem>.md/.png``: the scale and where it was trained."""
+    return f"reproduce_rd_{args.scale}_{args.label}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", default="cpu", choices=sorted(SCALES))
+    parser.add_argument("--scale", default="small", choices=sorted(SCALES))
     parser.add_argument("--steps", type=int, help="override the scale's steps from scratch")
     parser.add_argument("--finetune-steps", type=int, help="override the scale's F")
     parser.add_argument("--minutes", type=float, default=85, help="time for this invocation")
@@ -353,17 +438,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce_rd")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--stage", default="all", choices=("all", "train", "evaluate", "report"),
+                        help="all: train (each worker then codes its run), code what is left, "
+                             "report; train: only train; evaluate: only code the finished runs; "
+                             "report: the tables and plots of what is coded")  # fmt: skip
+    parser.add_argument("--eval-device", default="cpu", help="device of the real coding")
+    parser.add_argument("--eval-jobs", type=int, default=2, help="checkpoints coded at once")
+    parser.add_argument("--label", help="names the results files (default: the device type)")
     parser.add_argument("--eval-images", type=int, help="code only this many eval photos (smoke)")
     args = parser.parse_args()
+    args.label = args.label or args.device.split(":")[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if args.stage in ("all", "train"):
         work(args)
+    if args.stage in ("all", "evaluate"):
+        evaluate_all(args)
+    if args.stage in ("train", "evaluate"):
+        return
     text = report(args)
     print(text)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
-    (results / f"reproduce_rd_{args.scale}.md").write_text(text + "\n")
+    (results / f"{results_stem(args)}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,19 @@ Images are padded to a multiple of the model's downsampling factor exactly as Co
 image is cropped back. The rate is ``8 × bytes / pixels`` of the real bitstream; PSNR and
 MS-SSIM are computed on the RGB image in [0, 1] (the decoded image clamped to [0, 1]), as
 CompressAI reports them.
+
+On CUDA, coding runs with cuDNN's deterministic kernels: the decoder recomputes the
+hyperprior's scales and means that the encoder used, and a kernel that rounds differently
+the second time picks other CDFs, so the bitstream decodes to garbage (seen on an H200:
+latents of 1e9 and NaN images for a few of 24 photos, none with deterministic kernels).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +26,7 @@ from pytorch_msssim import ms_ssim
 
 from moopt_lic.objectives import MSSSIM_MIN_SIDE, mse_to_psnr
 
-__all__ = ["CodedImage", "code_image", "crop_padding", "pad_image"]
+__all__ = ["CodedImage", "code_image", "crop_padding", "deterministic_convolutions", "pad_image"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextmanager
+def deterministic_convolutions(device: torch.device) -> Iterator[None]:
+    """On CUDA, use cuDNN's deterministic kernels inside the block (restored after it)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
 @torch.no_grad()
 def code_image(model: torch.nn.Module, x: torch.Tensor, multiple: int) -> CodedImage:
     """Compress and decompress ``x`` (1 × 3 × H × W in [0, 1]) with ``model`` for real.
@@ -68,15 +89,16 @@ def code_image(model: torch.nn.Module, x: torch.Tensor, multiple: int) -> CodedI
     """
     device = x.device
     padded, padding = pad_image(x, multiple)
-    _synchronize(device)
-    start = time.perf_counter()
-    encoded = model.compress(padded)  # type: ignore[operator]
-    _synchronize(device)
-    encoding_time = time.perf_counter() - start
-    start = time.perf_counter()
-    decoded = model.decompress(encoded["strings"], encoded["shape"])  # type: ignore[operator]
-    _synchronize(device)
-    decoding_time = time.perf_counter() - start
+    with deterministic_convolutions(device):
+        _synchronize(device)
+        start = time.perf_counter()
+        encoded = model.compress(padded)  # type: ignore[operator]
+        _synchronize(device)
+        encoding_time = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = model.decompress(encoded["strings"], encoded["shape"])  # type: ignore[operator]
+        _synchronize(device)
+        decoding_time = time.perf_counter() - start
     x_hat = crop_padding(decoded["x_hat"], padding).clamp(0, 1)
     num_bytes = sum(len(s) for strings in encoded["strings"] for s in strings)
     pixels = x.shape[-2] * x.shape[-1]

@@ -35,6 +35,12 @@ DEFAULT_STEPS = 1500
 BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
 
 
+#: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
+#: (``threads`` is not one: another thread count changes the order of float sums, and the
+#: resumed run would no longer be bit-identical.)
+RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
+
+
 def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
     """Metadata of one field: its help text, flag name and argparse extras."""
     return {"help": help, "flag": flag, "short": short, "argparse": kwargs}
@@ -52,8 +58,8 @@ class TrainConfig:
     dataset: str | None = field(
         default=None,
         metadata=_opt(
-            "folder of training photos (PNG/JPEG, searched recursively); default: the built-in "
-            "photos shipped with scikit-image",
+            "folder of training photos (PNG/JPEG/WebP, searched recursively); default: the "
+            "built-in photos shipped with scikit-image",
             short="-d",
         ),
     )
@@ -365,6 +371,29 @@ def flags_markdown() -> str:
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`TrainConfig`."""
     args = build_parser().parse_args(argv)
+    if args.resume:
+        _check_resume_flags(argv)
     config = TrainConfig(**vars(args))
     config.validate()
     return config
+
+
+def _check_resume_flags(argv: Sequence[str] | None) -> None:
+    """``--resume`` with a setting of the run (``--steps``, ``--lambda``…) is an input error.
+
+    The resumed run takes its settings from its checkpoint; accepting other values on the
+    command line and ignoring them would mislead.
+    """
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    ignored = sorted(set(given) - set(RUNTIME_FIELDS) - {"help"})
+    if ignored:
+        flags = ", ".join("--" + _flag(name) for name in ignored)
+        allowed = ", ".join("--" + _flag(name) for name in RUNTIME_FIELDS if name != "resume")
+        raise InputError(
+            f"--resume continues the run with the settings saved in its checkpoint; {flags} "
+            f"cannot change them (with --resume give only {allowed}). To train on with other "
+            f"settings, start a new run from its weights: --init-from OUT/checkpoint.pt"
+        )

@@ -33,7 +33,7 @@ __all__ = [
     "load_image",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: Real photographs shipped inside the scikit-image wheel (no download needed).
 BUILTIN_TRAIN_PHOTOS = (
@@ -51,12 +51,12 @@ CACHE_LIMIT_BYTES = 2 * 2**30
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Return the PNG and JPEG files below ``folder`` (recursively), sorted.
+    """Return the PNG, JPEG and WebP files below ``folder`` (recursively), sorted.
 
     Raises
     ------
     InputError
-        If the folder does not exist, is not a folder, or holds no PNG/JPEG file.
+        If the folder does not exist, is not a folder, or holds no PNG/JPEG/WebP file.
     """
     path = Path(folder)
     if not path.exists():
@@ -158,7 +158,7 @@ class ImageSet:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ImageSet:
-        """All PNG/JPEG files below ``folder``, sorted by path."""
+        """All PNG/JPEG/WebP files below ``folder``, sorted by path."""
         return cls(find_images(folder))
 
     def __len__(self) -> int:

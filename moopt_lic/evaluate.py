@@ -51,7 +51,14 @@ class ImageResult:
     ms_ssim: float | None  # None for images too small for five MS-SSIM scales
     encoding_time: float
     decoding_time: float
-    decode_mismatch: float  # max |decoded − forward reconstruction|
+    decode_mismatch: float  # max |decoded − forward reconstruction|, ∞ for NaN/∞ pixels
+
+
+def decode_mismatch(decoded: torch.Tensor, forward: torch.Tensor) -> float:
+    """Max |decoded − forward|; ∞ when either holds NaN or ∞ (a broken decode is a mismatch)."""
+    if not (torch.isfinite(decoded).all() and torch.isfinite(forward).all()):
+        return math.inf
+    return float((decoded - forward).abs().max())
 
 
 def evaluate_checkpoint(
@@ -76,7 +83,7 @@ def evaluate_checkpoint(
                     ms_ssim=None if math.isnan(coded.ms_ssim) else coded.ms_ssim,
                     encoding_time=coded.encoding_time,
                     decoding_time=coded.decoding_time,
-                    decode_mismatch=float((coded.x_hat - forward).abs().max()),
+                    decode_mismatch=decode_mismatch(coded.x_hat, forward),
                 )
             )
     return results
@@ -158,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress and decompress images for real with trained checkpoints.",
     )
     parser.add_argument("checkpoints", nargs="+", help="moopt_lic checkpoint files")
-    parser.add_argument("-d", "--dataset", required=True, help="folder of PNG/JPEG images")
+    parser.add_argument("-d", "--dataset", required=True, help="folder of PNG/JPEG/WebP images")
     parser.add_argument("-o", "--out", help="write the JSON here (default: print it)")
     parser.add_argument("--name", default="moopt_lic", help="the curve's name in the JSON")
     parser.add_argument(

@@ -42,7 +42,7 @@ from moopt import (
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
 from moopt_lic.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
-from moopt_lic.config import TrainConfig
+from moopt_lic.config import RUNTIME_FIELDS, TrainConfig
 from moopt_lic.data import (
     BUILTIN_EVAL_PHOTOS,
     BUILTIN_TRAIN_PHOTOS,
@@ -62,10 +62,6 @@ __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_balancer", "trai
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 METRICS = "metrics.json"
-#: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
-#: (``threads`` is not one: another thread count changes the order of float sums, and the
-#: resumed run would no longer be bit-identical.)
-RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
 #: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
 EFFECTIVE_LAMBDA_WINDOW = 50
 

@@ -17,6 +17,19 @@ def test_find_images_recursive_and_sorted(tmp_path, test_images):
     assert [p.name for p in find_images(tmp_path)] == ["x.PNG", "y.png"]
 
 
+def test_lossless_webp_folder_gives_the_same_pixels_as_png(tmp_path, test_images):
+    """A lossless WebP copy of a PNG set loads to identical arrays, in the same order."""
+    from PIL import Image
+
+    for path in sorted(test_images.glob("*.png")):
+        with Image.open(path) as image:
+            image.convert("RGB").save(tmp_path / f"{path.stem}.webp", lossless=True, quality=100)
+    png, webp = ImageSet.from_folder(test_images), ImageSet.from_folder(tmp_path)
+    assert len(webp) == len(png) > 0
+    for index in range(len(png)):
+        np.testing.assert_array_equal(webp[index], png[index])
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         find_images(tmp_path / "nope")

@@ -88,6 +88,64 @@ def test_decode_mismatch_is_reported(checkpoints, test_images, capsys):
     assert "differs from the model's reconstruction" in capsys.readouterr().err
 
 
+def test_a_nan_decode_of_one_image_fails_the_check(checkpoints, test_images, monkeypatch):
+    """A decoded image with NaN pixels (a broken bitstream) is a mismatch, not a pass.
+
+    ``max`` over rows with a NaN mismatch would silently skip it; the check must not.
+    """
+    import dataclasses
+
+    import moopt_lic.evaluate as evaluate_module
+
+    real = evaluate_module.code_image
+    calls = []
+
+    def broken_second_image(model, x, multiple):
+        coded = real(model, x, multiple)
+        calls.append(1)
+        if len(calls) == 2:
+            x_hat = coded.x_hat.clone()
+            x_hat[..., 0, 0] = float("nan")
+            coded = dataclasses.replace(coded, x_hat=x_hat)
+        return coded
+
+    monkeypatch.setattr(evaluate_module, "code_image", broken_second_image)
+    report = evaluate(checkpoints[:1], test_images, per_image=True)
+    check = report["decode_check"][0]
+    assert not check["ok"] and math.isinf(check["max_abs_difference"])
+    assert check["image"] == report["per_image"][0][1]["image"]
+
+
+def test_decode_mismatch_values():
+    """∞ for any NaN/∞ on either side, else the largest absolute difference."""
+    from moopt_lic.evaluate import decode_mismatch
+
+    a = torch.zeros(1, 3, 4, 4)
+    b = a.clone()
+    b[0, 1, 2, 3] = 0.25
+    assert decode_mismatch(a, b) == 0.25
+    for bad in (float("nan"), float("inf")):
+        c = a.clone()
+        c[0, 0, 0, 0] = bad
+        assert decode_mismatch(c, a) == math.inf and decode_mismatch(a, c) == math.inf
+
+
+def test_deterministic_convolutions_sets_and_restores_cudnn_flags():
+    """On a CUDA device the block runs with deterministic cuDNN; the flags come back after."""
+    from moopt_lic.codec import deterministic_convolutions
+
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with deterministic_convolutions(torch.device("cpu")):
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+    torch.backends.cudnn.benchmark = True
+    try:
+        with deterministic_convolutions(torch.device("cuda")):
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark and (torch.backends.cudnn.deterministic == before[0])
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
 def test_errors_are_one_line(checkpoints, test_images, tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     cases = [

@@ -293,6 +293,16 @@ def test_every_model_is_valid_with_default_flags(model):
     assert config.model_spec.channels()[0] == 64
 
 
+def test_resume_refuses_settings_it_would_ignore():
+    """--resume takes the run's settings from its checkpoint: others are an error, not ignored."""
+    from moopt_lic.config import config_from_args
+
+    with pytest.raises(InputError, match=r"--lambda, --steps cannot change them.*--init-from"):
+        config_from_args(["--resume", "-o", "runs/x", "--steps", "10", "--lambda", "0.1"])
+    config = config_from_args(["--resume", "-o", "runs/x", "--no-progress", "--device", "cpu"])
+    assert config.resume and config.out == "runs/x" and config.device == "cpu"
+
+
 def test_ms_ssim_needs_large_evaluation_images(tiny_config, test_images):
     config = tiny_config(metric="ms-ssim", patch_size=192, eval_dataset=str(test_images))
     with pytest.raises(InputError, match=r"evaluation image .* MS-SSIM's five scales need"):

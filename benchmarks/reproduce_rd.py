@@ -25,8 +25,9 @@ Protocol (every choice is a constant or a flag below; ``--scale large`` is the l
 Reported: BD-rate (pchip and cubic) of B vs A and of C vs A+, per seed and mean ± std over
 seeds; the noise floor, i.e. the spread of the paired BD-rate across seeds and the BD-rate of
 A's seed 1 against A's seed 0; the λ → (bpp, PSNR) map of every arm; training wall-time
-ratios; the R-D plot and the PSNR-vs-step plot. Written to ``benchmarks/results/reproduce_rd*``
-and quoted in ``docs/benchmarks.md``.
+ratios; the R-D plot and the PSNR-vs-step plot. The tables go to
+``benchmarks/results/reproduce_rd_<scale>_<label>.md``, the plot to ``docs/images/``; both are
+quoted in ``docs/benchmarks.md``.
 
 Runs are resumable and the script continues across sessions: each invocation works for at
 most ``--minutes`` (default 85), ``--jobs`` runs in parallel (1 thread each), then stops; the
@@ -112,9 +113,9 @@ class Run:
         return Run("A", self.lmbda, self.seed) if ARMS[self.arm].finetune else None
 
 
-#: The order runs start in: the issue's comparisons (B vs A, C vs A+) first, the extra arms
+#: The order runs start in: the issue's comparisons (C vs A+, B vs A) first, the extra arms
 #: after; a fine-tune starts once its arm-A checkpoint is finished.
-PRIORITY = ("A", "B", "A+", "C", "B'", "E")
+PRIORITY = ("A", "A+", "C", "B", "B'", "E")
 
 
 def all_runs() -> list[Run]:
@@ -303,8 +304,9 @@ def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> tuple[list,
     return [p["bpp"] for p in points], [p["psnr"] for p in points]
 
 
-def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> dict[str, float] | str:
-    """BD-rate of ``test`` vs ``anchor`` ((arm, seed, λs) each), or why it is undefined."""
+def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> tuple[str, float | None]:
+    """``test`` vs ``anchor`` ((arm, seed, λs) each): the table cells (BD-rate pchip, cubic,
+    stable; or why it is undefined) and the pchip BD-rate (None if undefined)."""
     import numpy as np
 
     from moopt_lic.compare import Curve, compare
@@ -313,14 +315,18 @@ def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> dict[str, float]
     curves = []
     for arm, seed, lambdas in (anchor, test):
         bpp, psnr = curve(results, arm, seed, lambdas)
+        if not bpp:
+            return f"not run yet ({arm} seed {seed}) | | ", None
         if len(bpp) < 4:
-            return f"{arm} seed {seed}: {len(bpp)} points"
+            return f"undefined: {arm} seed {seed} has {len(bpp)} points | | ", None
         curves.append(Curve(f"{arm}/s{seed}", np.array(bpp), np.array(psnr)))
     try:
-        comparison = compare(*curves)
+        c = compare(*curves)
     except InputError as error:
-        return str(error)
-    return comparison.bd_rate
+        return f"undefined: {error} | | ", None
+    stable = "no (pchip and cubic disagree)" if c.unstable else "yes"
+    cells = f"{c.bd_rate['pchip']:+.2f} % | {c.bd_rate['cubic']:+.2f} % | {stable}"
+    return cells, c.bd_rate["pchip"]
 
 
 def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
@@ -332,26 +338,23 @@ def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
 def report(args: argparse.Namespace) -> str:
     """The tables (BD-rates, noise floor, λ → operating point, times) of what is evaluated."""
     results = evaluated_results(args)
-    lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic |", "|---|---|---|---|"]
+    lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic | stable |",
+             "|---|---|---|---|---|"]  # fmt: skip
     summary: dict[str, list[float]] = {}
     for label, anchor, test in COMPARISONS:
         for seed in SEEDS:
-            value = bd(results, (anchor, seed, lambdas_of(anchor)), (test, seed, lambdas_of(test)))
-            if isinstance(value, str):
-                lines.append(f"| {label} | {seed} | undefined: {value} | |")
-                continue
-            summary.setdefault(label, []).append(value["pchip"])
-            pchip, cubic = value["pchip"], value["cubic"]
-            lines.append(f"| {label} | {seed} | {pchip:+.2f} % | {cubic:+.2f} % |")
-    noise = bd(results, ("A", SEEDS[0], LAMBDAS), ("A", SEEDS[1], LAMBDAS))
-    cells = (f"{noise['pchip']:+.2f} % | {noise['cubic']:+.2f} %" if isinstance(noise, dict)
-             else f"undefined: {noise} |")  # fmt: skip
-    lines.append(f"| A seed 1 vs A seed 0 (noise) | – | {cells} |")
+            cells, pchip = bd(results, (anchor, seed, lambdas_of(anchor)),
+                              (test, seed, lambdas_of(test)))  # fmt: skip
+            lines.append(f"| {label} | {seed} | {cells} |")
+            if pchip is not None:
+                summary.setdefault(label, []).append(pchip)
+    noise, _ = bd(results, ("A", SEEDS[0], LAMBDAS), ("A", SEEDS[1], LAMBDAS))
+    lines.append(f"| A seed 1 vs A seed 0 (noise floor) | – | {noise} |")
     for label, values in summary.items():
         if len(values) > 1:
             lines.append(
                 f"| {label}: mean ± std over seeds | – | {statistics.fmean(values):+.2f} ± "
-                f"{statistics.stdev(values):.2f} % | |"
+                f"{statistics.stdev(values):.2f} % | | |"
             )
     lines += ["", "| run | bpp | PSNR (dB) | effective λ | train s |", "|---|---|---|---|---|"]
     times: dict[str, list[float]] = {}
@@ -419,7 +422,9 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     figure.tight_layout()
-    figure.savefig(ROOT / "benchmarks" / "results" / f"{results_stem(args)}.png", dpi=110)
+    images = ROOT / "docs" / "images"  # the docs page shows it
+    images.mkdir(parents=True, exist_ok=True)
+    figure.savefig(images / f"{results_stem(args)}.png", dpi=110)
     plt.close(figure)
 
 

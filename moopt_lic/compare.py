@@ -11,8 +11,11 @@ first (the anchor):
 
 each with two interpolations of the curves: ``pchip`` (piecewise cubic Hermite, monotone,
 the one used in the current JVET/AOM common test conditions) and ``cubic`` (the cubic
-polynomial fit of Bjøntegaard's original VCEG-M33). It writes a Markdown and a CSV table and
-an R-D plot to ``--out``.
+polynomial fit of Bjøntegaard's original VCEG-M33). When the two differ by more than one
+percentage point the comparison is marked unstable (a warning, and ``stable: no`` in the
+table): on flat or noisy curves, such as those of codecs far from convergence, the cubic fit
+can swing by orders of magnitude. It writes a Markdown and a CSV table and an R-D plot to
+``--out``.
 
     python -m moopt_lic.compare results/ws.json results/c2f.json --out results/compare
 """
@@ -39,6 +42,9 @@ __all__ = ["Comparison", "Curve", "compare", "load_curve", "main"]
 METHODS = ("pchip", "cubic")
 METRICS = ("psnr-rgb", "ms-ssim-rgb")
 MIN_POINTS = 4
+#: A BD-rate whose two interpolations differ by more than this many percentage points is
+#: flagged: the curves are too flat or too noisy for the number to mean much.
+UNSTABLE_SPREAD = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,16 @@ class Comparison:
     bd_rate: dict[str, float]  # by interpolation method
     bd_quality: dict[str, float]
     overlap_db: tuple[float, float]  # the quality range both curves cover
+
+    @property
+    def interpolation_spread(self) -> float:
+        """|BD-rate pchip − BD-rate cubic| in percentage points."""
+        return abs(self.bd_rate["pchip"] - self.bd_rate["cubic"])
+
+    @property
+    def unstable(self) -> bool:
+        """The interpolations disagree by more than :data:`UNSTABLE_SPREAD` points."""
+        return not self.interpolation_spread <= UNSTABLE_SPREAD
 
 
 def _quality_db(values: list[float], metric: str) -> np.ndarray:
@@ -166,6 +182,7 @@ def table(comparisons: list[Comparison], metric: str) -> list[dict[str, Any]]:
             f"BD-{unit} pchip (dB)": round(c.bd_quality["pchip"], 4),
             f"BD-{unit} cubic (dB)": round(c.bd_quality["cubic"], 4),
             "overlap (dB)": f"{c.overlap_db[0]:.2f}–{c.overlap_db[1]:.2f}",
+            "stable": "no" if c.unstable else "yes",
         }
         for c in comparisons
     ]
@@ -226,6 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.writerows(rows)
     plot([anchor, *tests], out / "rd.png", args.metric)
     print(markdown)
+    for c in comparisons:
+        if c.unstable:
+            print(
+                f"moopt_lic.compare: warning: {c.test} vs {c.anchor}: pchip and cubic differ by "
+                f"{c.interpolation_spread:.3g} percentage points; the curves are too flat or "
+                f"noisy for a stable BD-rate (pchip is the robust one; train closer to "
+                f"convergence or add points)",
+                file=sys.stderr,
+            )
     print(f"written: {out / 'table.md'}, {out / 'table.csv'}, {out / 'rd.png'}")
     return 0
 

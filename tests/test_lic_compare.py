@@ -40,9 +40,24 @@ def test_cli_table_and_plot(tmp_path):
     test = _write(tmp_path / "t.json", RATES * 0.9, PSNRS, "test")
     assert main([str(anchor), str(test), "-o", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| anchor | test | -10.0 | -10.0 |" in table
+    assert "| anchor | test | -10.0 | -10.0 |" in table and table.rstrip().endswith("| yes |")
     assert (tmp_path / "out" / "table.csv").read_text().startswith("anchor,test,BD-rate")
     assert (tmp_path / "out" / "rd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flat_noisy_curves_are_flagged_unstable(tmp_path, capsys):
+    """Flat curves (≈ 1 dB for a 4× rate), as from codecs far from convergence: the cubic fit
+    swings far from pchip and the comparison is flagged; a clean shift is not."""
+    anchor = (np.array([0.4525, 0.65, 1.0264, 1.1502]), np.array([23.91, 24.70, 24.71, 24.93]))
+    test = (np.array([0.4892, 0.5540, 1.4018, 1.8379]), np.array([24.27, 24.55, 24.85, 24.90]))
+    flat = compare(Curve("a", *anchor), Curve("t", *test))
+    assert flat.unstable and flat.interpolation_spread > 100
+    assert not compare(Curve("a", RATES, PSNRS), Curve("t", RATES * 0.9, PSNRS)).unstable
+    a = _write(tmp_path / "a.json", *anchor, "anchor")
+    t = _write(tmp_path / "t.json", *test, "seed 1")
+    assert main([str(a), str(t), "-o", str(tmp_path / "out")]) == 0
+    assert "pchip and cubic differ by" in capsys.readouterr().err
+    assert "| no |" in (tmp_path / "out" / "table.md").read_text()
 
 
 def test_curves_that_do_not_overlap(tmp_path):

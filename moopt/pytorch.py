@@ -103,19 +103,22 @@ class BalancedStep:
     names: tuple[str, ...]
 
 
-def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
-    """Check the losses: non-empty, scalar tensors that require grad, finite."""
+def _unpack_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
+    """Names and tensors of a sequence (``objective i``) or mapping of losses."""
     if isinstance(losses, Mapping):
-        names = tuple(str(name) for name in losses)
-        tensors = list(losses.values())
-    elif isinstance(losses, torch.Tensor):
+        return tuple(str(name) for name in losses), list(losses.values())
+    if isinstance(losses, torch.Tensor):
         raise TypeError(
             "losses must be a sequence or mapping of k scalar tensors, got one tensor; "
             "pass [loss_1, loss_2, ...] or {'name': loss, ...}"
         )
-    else:
-        tensors = list(losses)
-        names = tuple(f"objective {i}" for i in range(len(tensors)))
+    tensors = list(losses)
+    return tuple(f"objective {i}" for i in range(len(tensors))), tensors
+
+
+def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
+    """Check the losses: non-empty, scalar tensors that require grad, finite."""
+    names, tensors = _unpack_losses(losses)
     if not tensors:
         raise ValueError("losses is empty: give at least one objective")
     for name, loss in zip(names, tensors, strict=True):
@@ -572,12 +575,7 @@ def update_balancer(
     if not balancer.requires_update or (step is not None and step % every != 0):
         return None
     with torch.no_grad():
-        losses = closure()
-    if isinstance(losses, Mapping):
-        names, tensors = tuple(str(n) for n in losses), list(losses.values())
-    else:
-        tensors = list(losses)
-        names = tuple(f"objective {i}" for i in range(len(tensors)))
+        names, tensors = _unpack_losses(closure())
     values = _loss_values(names, tensors, _world_size(distributed))
     balancer.update(values)
     return values

@@ -5,8 +5,10 @@ Protocol (every choice is a constant or a flag below; ``--scale large`` is the l
 * codec: ``mbt2018-mean`` with N = 64, M = 96 (the mean-scale hyperprior of the paper's
   appendix, at the PILOT's CPU size); random 64 × 64 crops of ``../shared/data/train``,
   batch 8; Adam, lr 1e-3 with cosine decay, aux Adam 1e-3, grad-norm clip 1.0;
-* λ grid: 0.0035, 0.0067, 0.013, 0.025 (CompressAI's MSE grid), and for the coarse-to-fine
-  arm also 0.05 and 0.1, since under it λ hardly moves the operating point (METHOD.md);
+* λ grid: 0.0035, 0.0067, 0.013, 0.025 (CompressAI's MSE grid); for the coarse-to-fine arm
+  also 0.05 and 0.1, since under it λ hardly moves the operating point (METHOD.md), and for
+  arm A also 0.00045, 0.0009 and 0.0018, so its curve reaches the low rates where the
+  balanced arms land (run after the issue's comparisons; the curves must overlap);
 * seeds 0 and 1, **paired**: a seed fixes the initial weights, the data order, the crops and
   the quantisation noise of every arm, so the arms differ only by the balancer;
 * arm A: weighted sum from scratch, ``--steps`` steps;
@@ -58,7 +60,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
 
 LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
+#: B hardly moves with λ (METHOD.md), so it also gets two larger λ; A gets three smaller ones
+#: (CompressAI's q1 = 0.0018 and below) so that its curve reaches the low rates where the
+#: balanced arms land (the H200 partial run: B at 0.09–0.17 bpp, A at λ = 0.0035 ≥ 0.40 bpp).
 EXTRA_LAMBDAS_BALANCED = (0.05, 0.1)
+LOWER_LAMBDAS_ANCHOR = (0.00045, 0.0009, 0.0018)
 SEEDS = (0, 1)
 SCALES = {
     #          steps, finetune steps, patch, batch, N, M
@@ -75,12 +81,11 @@ class Arm:
     finetune: bool = False
     loss_floor: float | None = None
     features: bool = False
-    extra_lambdas: tuple[float, ...] = ()
 
 
 ARMS = {
     "A": Arm("weighted-sum"),
-    "B": Arm("coarse-to-fine", extra_lambdas=EXTRA_LAMBDAS_BALANCED),
+    "B": Arm("coarse-to-fine"),
     "B'": Arm("coarse-to-fine", loss_floor=-10.0),
     "A+": Arm("weighted-sum", finetune=True),
     "C": Arm("eq-qp", finetune=True),
@@ -92,7 +97,8 @@ COMPARISONS = (("B vs A", "A", "B"), ("B′ vs A", "A", "B'"), ("C vs A+", "A+",
 
 
 def lambdas_of(arm: str) -> tuple[float, ...]:
-    return LAMBDAS + ARMS[arm].extra_lambdas
+    """Every λ the arm is trained at, ascending."""
+    return tuple(sorted({lm for name, lambdas in SCHEDULE if name == arm for lm in lambdas}))
 
 
 @dataclass(frozen=True)
@@ -113,14 +119,22 @@ class Run:
         return Run("A", self.lmbda, self.seed) if ARMS[self.arm].finetune else None
 
 
-#: The order runs start in: the issue's comparisons (C vs A+, B vs A) first, the extra arms
-#: after; a fine-tune starts once its arm-A checkpoint is finished.
-PRIORITY = ("A", "A+", "C", "B", "B'", "E")
+#: (arm, λs) in the order the runs start: the issue's comparisons (C vs A+, B vs A) first,
+#: then A's lower λ, then the extra arms; a fine-tune starts once its A checkpoint is done.
+SCHEDULE = (
+    ("A", LAMBDAS),
+    ("A+", LAMBDAS),
+    ("C", LAMBDAS),
+    ("B", LAMBDAS + EXTRA_LAMBDAS_BALANCED),
+    ("A", LOWER_LAMBDAS_ANCHOR),
+    ("B'", LAMBDAS),
+    ("E", LAMBDAS),
+)
 
 
 def all_runs() -> list[Run]:
     """Every run of the protocol, in the order they start."""
-    return [Run(arm, lm, seed) for arm in PRIORITY for seed in SEEDS for lm in lambdas_of(arm)]
+    return [Run(arm, lm, seed) for arm, lambdas in SCHEDULE for seed in SEEDS for lm in lambdas]
 
 
 def config_for(run: Run, args: argparse.Namespace) -> dict:

@@ -298,8 +298,8 @@ def evaluate_run(run_name: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
-    """Evaluate every finished run not evaluated yet, ``--eval-jobs`` at a time; all results."""
+def evaluate_all(args: argparse.Namespace) -> None:
+    """Evaluate every finished run not evaluated yet, ``--eval-jobs`` at a time."""
     from concurrent.futures import ProcessPoolExecutor
 
     todo = [run.name for run in all_runs() if to_evaluate(run, args)]
@@ -308,7 +308,6 @@ def evaluate_all(args: argparse.Namespace) -> dict[str, dict]:
         with ProcessPoolExecutor(args.eval_jobs, mp_context=context, initializer=_load_eval_images,
                                  initargs=(args.eval_images,)) as pool:  # fmt: skip
             list(pool.map(evaluate_run, todo, [args] * len(todo)))
-    return evaluated_results(args)
 
 
 def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> tuple[list, list]:

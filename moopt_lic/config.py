@@ -388,7 +388,7 @@ def _check_resume_flags(argv: Sequence[str] | None) -> None:
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
-    ignored = sorted(set(given) - set(RUNTIME_FIELDS) - {"help"})
+    ignored = sorted(set(given) - set(RUNTIME_FIELDS))
     if ignored:
         flags = ", ".join("--" + _flag(name) for name in ignored)
         allowed = ", ".join("--" + _flag(name) for name in RUNTIME_FIELDS if name != "resume")

@@ -19,20 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_rd import ROOT, Run, config_for
+from reproduce_rd import ROOT, Run, config_for, cpu_settings, last_validation
 
 LEARNING_RATES = (1e-5, 3e-5)
 LAMBDAS = (0.0035, 0.013)
 SEED = 0
-
-
-def last_validation(folder: Path) -> tuple[float, float]:
-    """(bpp, PSNR) of the run's last validation, from its TensorBoard log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return events.Scalars("val/bpp")[-1].value, events.Scalars("val/psnr")[-1].value
 
 
 def main() -> None:
@@ -42,8 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     from moopt_lic import TrainConfig, TrainingDiverged, train
 
-    settings = argparse.Namespace(scale="small", steps=None, finetune_steps=None, device="cpu",
-                                  threads=1, out=args.source)  # fmt: skip
+    settings = cpu_settings(args.source)
     rows = [
         "| λ | arm | fine-tune lr | validation bpp | validation PSNR (dB) |",
         "|---|---|---|---|---|",

@@ -14,7 +14,8 @@ Protocol (every choice is a constant or a flag below; ``--scale large`` is the l
 * arm A: weighted sum from scratch, ``--steps`` steps;
 * arm B: coarse-to-fine from scratch, the same steps (FAMO-style, shift −1, logit lr 0.025,
   γ 0.003: the released code's values, untuned);
-* arm B′: coarse-to-fine with the shift m = −10 (``--loss-floor -10``), which keeps λ's role
+* arm B′ (only with ``--arms``, e.g. ``--arms A A+ C B E B'``: ≈ 70 more minutes on 2
+  cores): coarse-to-fine with the shift m = −10 (``--loss-floor -10``), which keeps λ's role
   while the losses are below ≈ 10 (benchmarks/lambda_sweep.py);
 * arm C: EqQP fine-tuning of A's checkpoint for ``--finetune-steps`` at lr 1e-4 (constant),
   against A continued with the weighted sum for the same steps and lr ("A+"): equal totals;
@@ -120,21 +121,36 @@ class Run:
 
 
 #: (arm, λs) in the order the runs start: the issue's comparisons (C vs A+, B vs A) first,
-#: then A's lower λ, then the extra arms; a fine-tune starts once its A checkpoint is done.
+#: then A's lower λ, then the extra arms (the cheap fine-tune E before the from-scratch B′);
+#: a fine-tune starts once its A checkpoint is done.
 SCHEDULE = (
     ("A", LAMBDAS),
     ("A+", LAMBDAS),
     ("C", LAMBDAS),
     ("B", LAMBDAS + EXTRA_LAMBDAS_BALANCED),
     ("A", LOWER_LAMBDAS_ANCHOR),
-    ("B'", LAMBDAS),
     ("E", LAMBDAS),
+    ("B'", LAMBDAS),
 )
 
 
-def all_runs() -> list[Run]:
-    """Every run of the protocol, in the order they start."""
-    return [Run(arm, lm, seed) for arm, lambdas in SCHEDULE for seed in SEEDS for lm in lambdas]
+#: The arms of a full run: the issue's comparisons (B vs A, C vs A+) and the optional arm E.
+DEFAULT_ARMS = ("A", "A+", "C", "B", "E")
+
+
+def all_runs(args: argparse.Namespace) -> list[Run]:
+    """Every run of the protocol's chosen arms (``--arms``), in the order they start."""
+    return [Run(arm, lm, seed) for arm, lambdas in SCHEDULE if arm in args.arms
+            for seed in SEEDS for lm in lambdas]  # fmt: skip
+
+
+def last_validation(folder: Path) -> tuple[float, float]:
+    """(bpp, PSNR) of a run's last validation (held-out training photos), from its log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events.Scalars("val/bpp")[-1].value, events.Scalars("val/psnr")[-1].value
 
 
 def config_for(run: Run, args: argparse.Namespace) -> dict:
@@ -170,6 +186,13 @@ def config_for(run: Run, args: argparse.Namespace) -> dict:
         "lr_schedule": "constant",
         "init_from": str(args.out / run.source.name / "checkpoint.pt"),
     }
+
+
+def cpu_settings(out: Path) -> argparse.Namespace:
+    """The settings ``config_for`` reads, for the small preset on one CPU core: what the
+    ablation scripts train with (their runs differ from the protocol's only where they say)."""
+    return argparse.Namespace(scale="small", steps=None, finetune_steps=None, device="cpu",
+                              threads=1, out=out, arms=DEFAULT_ARMS)  # fmt: skip
 
 
 def finished(run: Run, args: argparse.Namespace) -> bool:
@@ -215,7 +238,7 @@ def work(args: argparse.Namespace) -> None:
     evaluating = args.stage == "all"  # a worker also codes its run's checkpoint
     pending = [
         run
-        for run in all_runs()
+        for run in all_runs(args)
         if not finished(run, args) or (evaluating and to_evaluate(run, args))
     ]
     context = multiprocessing.get_context("spawn")
@@ -302,7 +325,7 @@ def evaluate_all(args: argparse.Namespace) -> None:
     """Evaluate every finished run not evaluated yet, ``--eval-jobs`` at a time."""
     from concurrent.futures import ProcessPoolExecutor
 
-    todo = [run.name for run in all_runs() if to_evaluate(run, args)]
+    todo = [run.name for run in all_runs(args) if to_evaluate(run, args)]
     if todo:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.eval_jobs, mp_context=context, initializer=_load_eval_images,
@@ -345,7 +368,7 @@ def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> tuple[str, float
 def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
     """The evaluation of every run that has one, by run name."""
     return {run.name: json.loads(_evaluation_file(run.name, args).read_text())
-            for run in all_runs() if evaluated(run.name, args)}  # fmt: skip
+            for run in all_runs(args) if evaluated(run.name, args)}  # fmt: skip
 
 
 def report(args: argparse.Namespace) -> str:
@@ -354,7 +377,8 @@ def report(args: argparse.Namespace) -> str:
     lines = ["| comparison | seed | BD-rate pchip | BD-rate cubic | stable |",
              "|---|---|---|---|---|"]  # fmt: skip
     summary: dict[str, list[float]] = {}
-    for label, anchor, test in COMPARISONS:
+    comparisons = [c for c in COMPARISONS if c[2] in args.arms]
+    for label, anchor, test in comparisons:
         for seed in SEEDS:
             cells, pchip = bd(results, (anchor, seed, lambdas_of(anchor)),
                               (test, seed, lambdas_of(test)))  # fmt: skip
@@ -371,7 +395,7 @@ def report(args: argparse.Namespace) -> str:
             )
     lines += ["", "| run | bpp | PSNR (dB) | effective λ | train s |", "|---|---|---|---|---|"]
     times: dict[str, list[float]] = {}
-    for run in all_runs():
+    for run in all_runs(args):
         if (message := diverged(run, args)) is not None:
             lines.append(f"| {run.name} | diverged: {message.split(':')[0]} | | | |")
         elif run.name in results:
@@ -387,13 +411,13 @@ def report(args: argparse.Namespace) -> str:
     lines.append(f"decode check: {len(results) - len(broken)} of {len(results)} evaluated runs "
                  f"decode to their forward reconstruction within {DEFAULT_TOLERANCE}"
                  + (f"; NOT: {', '.join(broken)}" if broken else ""))  # fmt: skip
-    for _label, anchor, test in COMPARISONS:
+    for _label, anchor, test in comparisons:
         if times.get(test) and times.get(anchor):
             ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])
             lines.append(f"wall-time ratio {test}/{anchor}: {ratio:.2f}")
     plots(args, results)
-    done = sum(finished(run, args) for run in all_runs())
-    header = (f"{done} of {len(all_runs())} runs finished (scale {args.scale}, trained on "
+    done = sum(finished(run, args) for run in all_runs(args))
+    header = (f"{done} of {len(all_runs(args))} runs finished (scale {args.scale}, trained on "
               f"{args.label})\n\n")  # fmt: skip
     return header + "\n".join(lines)
 
@@ -464,6 +488,13 @@ def main() -> None:
     parser.add_argument("--eval-jobs", type=int, default=2, help="checkpoints coded at once")
     parser.add_argument("--label", help="names the results files (default: the device type)")
     parser.add_argument("--eval-images", type=int, help="code only this many eval photos (smoke)")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=DEFAULT_ARMS,
+        choices=sorted(ARMS),
+        help="the arms to train and report (A is needed by all, A+ by C and E)",
+    )
     args = parser.parse_args()
     args.label = args.label or args.device.split(":")[0]
     args.out.mkdir(parents=True, exist_ok=True)

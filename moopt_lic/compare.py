@@ -14,8 +14,10 @@ the one used in the current JVET/AOM common test conditions) and ``cubic`` (the 
 polynomial fit of Bjøntegaard's original VCEG-M33). When the two differ by more than one
 percentage point the comparison is marked unstable (a warning, and ``stable: no`` in the
 table): on flat or noisy curves, such as those of codecs far from convergence, the cubic fit
-can swing by orders of magnitude. It writes a Markdown and a CSV table and an R-D plot to
-``--out``.
+can swing by orders of magnitude. A curve whose quality does not rise with its rate is
+refused, unless ``--pareto-front`` drops its dominated points first (those another point of
+the same curve beats in quality at no more rate; the table says how many). It writes a
+Markdown and a CSV table and an R-D plot to ``--out``.
 
     python -m moopt_lic.compare results/ws.json results/c2f.json --out results/compare
 """
@@ -55,6 +57,22 @@ class Curve:
     bpp: np.ndarray
     quality: np.ndarray
 
+    def pareto_front(self) -> Curve:
+        """Return the curve without its dominated points.
+
+        A point is dominated when another point of the curve has at most its rate and at
+        least its quality, one of the two strictly (of identical points the first stays).
+        What remains rises strictly in quality with rate, as BD-rate needs.
+        """
+        keep = []
+        for i, (bpp, quality) in enumerate(zip(self.bpp, self.quality, strict=True)):
+            beaten = (self.bpp <= bpp) & (self.quality >= quality)
+            strictly = beaten & ((self.bpp < bpp) | (self.quality > quality))
+            same = beaten & ~strictly
+            if not strictly.any() and np.flatnonzero(same)[0] == i:
+                keep.append(i)
+        return Curve(self.name, self.bpp[keep], self.quality[keep])
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -65,6 +83,7 @@ class Comparison:
     bd_rate: dict[str, float]  # by interpolation method
     bd_quality: dict[str, float]
     overlap_db: tuple[float, float]  # the quality range both curves cover
+    dropped: tuple[int, int] = (0, 0)  # dominated points left out (anchor, test)
 
     @property
     def interpolation_spread(self) -> float:
@@ -122,17 +141,36 @@ def load_curve(path: str | Path, metric: str = "psnr-rgb") -> Curve:
     )
 
 
-def compare(anchor: Curve, test: Curve) -> Comparison:
+def compare(anchor: Curve, test: Curve, *, pareto_front: bool = False) -> Comparison:
     """BD-rate and BD-quality of ``test`` against ``anchor`` with both interpolations.
+
+    Parameters
+    ----------
+    anchor, test
+        The curves, points sorted by rate.
+    pareto_front
+        Compare the curves' Pareto fronts (:meth:`Curve.pareto_front`): their dominated
+        points are left out, and counted in :attr:`Comparison.dropped`.
 
     Raises
     ------
     InputError
-        If a curve's quality does not rise with its rate, or the curves do not overlap in
-        quality (BD-rate is then undefined) or in rate.
+        If a curve's quality does not rise with its rate, a Pareto front keeps fewer than four
+        points, or the curves do not overlap in quality (BD-rate is then undefined) or in rate.
     """
     import bjontegaard
 
+    dropped = (0, 0)
+    if pareto_front:
+        fronts = anchor.pareto_front(), test.pareto_front()
+        dropped = (len(anchor.bpp) - len(fronts[0].bpp), len(test.bpp) - len(fronts[1].bpp))
+        anchor, test = fronts
+        for curve in fronts:
+            if len(curve.bpp) < MIN_POINTS:
+                raise InputError(
+                    f"the Pareto front of {curve.name!r} keeps {len(curve.bpp)} point(s); "
+                    f"BD-rate needs at least {MIN_POINTS}"
+                )
     for curve in (anchor, test):
         if not np.all(np.diff(curve.quality) > 0):
             points = ", ".join(
@@ -141,7 +179,8 @@ def compare(anchor: Curve, test: Curve) -> Comparison:
             raise InputError(
                 f"the curve {curve.name!r} is not monotonic (its quality does not rise with "
                 f"its rate: {points}); "
-                f"BD-rate needs monotonic curves (train longer, or drop the crossing points)"
+                f"BD-rate needs monotonic curves (train longer, or compare the Pareto fronts: "
+                f"--pareto-front)"
             )
     low = max(anchor.quality.min(), test.quality.min())
     high = min(anchor.quality.max(), test.quality.max())
@@ -167,7 +206,8 @@ def compare(anchor: Curve, test: Curve) -> Comparison:
             qualities[method] = float(
                 bjontegaard.bd_psnr(*args, method=method, require_matching_points=False)
             )
-    return Comparison(anchor.name, test.name, rates, qualities, (float(low), float(high)))
+    overlap = (float(low), float(high))
+    return Comparison(anchor.name, test.name, rates, qualities, overlap, dropped)
 
 
 def table(comparisons: list[Comparison], metric: str) -> list[dict[str, Any]]:
@@ -183,6 +223,7 @@ def table(comparisons: list[Comparison], metric: str) -> list[dict[str, Any]]:
             f"BD-{unit} cubic (dB)": round(c.bd_quality["cubic"], 4),
             "overlap (dB)": f"{c.overlap_db[0]:.2f}–{c.overlap_db[1]:.2f}",
             "stable": "no" if c.unstable else "yes",
+            "dropped points (anchor, test)": f"{c.dropped[0]}, {c.dropped[1]}",
         }
         for c in comparisons
     ]
@@ -224,11 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("tests", nargs="+", help="the test curves' JSON files")
     parser.add_argument("-o", "--out", required=True, help="folder for table.md/.csv, rd.png")
     parser.add_argument("--metric", default="psnr-rgb", choices=METRICS)
+    parser.add_argument(
+        "--pareto-front",
+        action="store_true",
+        help="leave out each curve's dominated points (more rate for no more quality) "
+        "instead of refusing a curve that is not monotonic",
+    )
     args = parser.parse_args(argv)
     try:
         anchor = load_curve(args.anchor, args.metric)
         tests = [load_curve(path, args.metric) for path in args.tests]
-        comparisons = [compare(anchor, test) for test in tests]
+        comparisons = [compare(anchor, t, pareto_front=args.pareto_front) for t in tests]
     except InputError as error:
         print(f"moopt_lic.compare: error: {error}", file=sys.stderr)
         return 2

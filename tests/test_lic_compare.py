@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from moopt_lic import InputError
 from moopt_lic.compare import Curve, compare, load_curve, main
@@ -40,7 +42,8 @@ def test_cli_table_and_plot(tmp_path):
     test = _write(tmp_path / "t.json", RATES * 0.9, PSNRS, "test")
     assert main([str(anchor), str(test), "-o", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| anchor | test | -10.0 | -10.0 |" in table and table.rstrip().endswith("| yes |")
+    assert "| anchor | test | -10.0 | -10.0 |" in table
+    assert table.rstrip().endswith("| yes | 0, 0 |")
     assert (tmp_path / "out" / "table.csv").read_text().startswith("anchor,test,BD-rate")
     assert (tmp_path / "out" / "rd.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -70,6 +73,59 @@ def test_non_monotonic_curve_is_refused():
     bent[2] = 27.0  # a higher rate with a lower PSNR than its neighbour
     with pytest.raises(InputError, match="'t' is not monotonic"):
         compare(Curve("a", RATES, PSNRS), Curve("t", RATES, bent))
+
+
+def test_pareto_front_drops_the_dominated_points_and_compares_the_rest(tmp_path):
+    """A bent curve (one point below its lower-rate neighbour) is refused as it is; on its
+    Pareto front the bent point is left out and the other points give the exact BD-rate."""
+    rates = np.append(RATES, 1.0)
+    psnrs = np.append(PSNRS, 33.0)  # 1.0 bpp at 33.0 dB: 0.8 bpp already gives 33.5 dB
+    order = np.argsort(rates)
+    test = Curve("t", rates[order] * 0.9, psnrs[order])
+    with pytest.raises(InputError, match=r"not monotonic.*--pareto-front"):
+        compare(Curve("a", RATES, PSNRS), test)
+    result = compare(Curve("a", RATES, PSNRS), test, pareto_front=True)
+    assert result.dropped == (0, 1)
+    assert result.bd_rate["pchip"] == pytest.approx(-10.0, abs=1e-6)
+    anchor = _write(tmp_path / "a.json", RATES, PSNRS, "anchor")
+    bent = _write(tmp_path / "t.json", test.bpp, test.quality, "bent")
+    out = str(tmp_path / "out")
+    assert main([str(anchor), str(bent), "-o", out]) == 2
+    assert main([str(anchor), str(bent), "-o", out, "--pareto-front"]) == 0
+    assert (tmp_path / "out" / "table.md").read_text().rstrip().endswith("| 0, 1 |")
+
+
+def test_pareto_front_with_too_few_points_is_refused():
+    zigzag = Curve("z", RATES, np.array([26.0, 25.0, 31.0, 30.0, 35.0]))
+    with pytest.raises(InputError, match="Pareto front of 'z' keeps 3 point"):
+        compare(Curve("a", RATES, PSNRS), zigzag, pareto_front=True)
+
+
+_points = st.lists(
+    st.tuples(st.sampled_from([0.1, 0.2, 0.3, 0.5, 0.8]), st.sampled_from([20.0, 22.0, 25.0])),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(_points)
+def test_pareto_front_properties(points):
+    """The front rises strictly in rate and quality, every left-out point is dominated by a
+    kept one (no more rate, no less quality), no kept point is, and the front of the front is
+    itself (idempotence)."""
+    points.sort()
+    curve = Curve("c", np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+    front = curve.pareto_front()
+    assert np.all(np.diff(front.bpp) > 0) and np.all(np.diff(front.quality) > 0)
+    kept = set(zip(front.bpp, front.quality, strict=True))
+    for bpp, quality in points:
+        if (bpp, quality) not in kept:
+            assert any(b <= bpp and q >= quality for b, q in kept)
+    for bpp, quality in kept:
+        assert not any(b <= bpp and q >= quality and (b, q) != (bpp, quality) for b, q in points)
+    again = front.pareto_front()
+    np.testing.assert_array_equal(again.bpp, front.bpp)
+    np.testing.assert_array_equal(again.quality, front.quality)
 
 
 def test_too_few_points_and_bad_files(tmp_path, capsys):

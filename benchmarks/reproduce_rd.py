@@ -301,16 +301,17 @@ def evaluate_run(run_name: str, args: argparse.Namespace) -> dict:
     """
     import torch
 
-    from moopt_lic.evaluate import evaluate_checkpoint
+    from moopt_lic.evaluate import evaluate_checkpoint, summarize
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.eval_device)
     rows = evaluate_checkpoint(args.out / run_name / "checkpoint.pt", _EVAL_IMAGES, device)
+    means, worst = summarize(rows)
     metrics = json.loads((args.out / run_name / "metrics.json").read_text())
     result = {
-        "bpp": statistics.fmean(r.bpp for r in rows),
-        "psnr": statistics.fmean(r.psnr for r in rows),
-        "max_decode_mismatch": max(r.decode_mismatch for r in rows),
+        "bpp": means["bpp"],
+        "psnr": means["psnr-rgb"],
+        "max_decode_mismatch": worst.decode_mismatch,
         "train_seconds": metrics["train_seconds"],
         "effective_lambda": metrics["effective_lambda"],
         "eval_device": args.eval_device,

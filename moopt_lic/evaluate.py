@@ -35,7 +35,7 @@ from moopt_lic.errors import InputError
 from moopt_lic.models import ModelSpec, model_from_checkpoint, read_checkpoint
 from moopt_lic.trainer import resolve_device
 
-__all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main"]
+__all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main", "summarize"]
 
 #: Largest accepted |decoded − forward reconstruction| per pixel (images in [0, 1]).
 DEFAULT_TOLERANCE = 1e-3
@@ -94,6 +94,30 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+#: The per-checkpoint means of CompressAI's ``eval_model`` JSON, from ``ImageResult`` fields.
+MEANS = {
+    "psnr-rgb": "psnr",
+    "ms-ssim-rgb": "ms_ssim",
+    "bpp": "bpp",
+    "encoding_time": "encoding_time",
+    "decoding_time": "decoding_time",
+}
+
+
+def summarize(rows: Sequence[ImageResult]) -> tuple[dict[str, float | None], ImageResult]:
+    """Summarize one checkpoint's per-image results.
+
+    Returns
+    -------
+    tuple
+        The means over the images (keys of :data:`MEANS`; None where no image has the value)
+        and the row whose decoded pixels differ most from the forward pass (the decode
+        check's worst case).
+    """
+    means = {key: _mean([getattr(r, field) for r in rows]) for key, field in MEANS.items()}
+    return means, max(rows, key=lambda r: r.decode_mismatch)
+
+
 def evaluate(
     checkpoints: Sequence[str | Path],
     dataset: str | Path,
@@ -125,12 +149,11 @@ def evaluate(
         read_checkpoint(path)  # every file is checked before any work
     images = ImageSet.from_folder(dataset)
     torch_device = resolve_device(device)
-    keys = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
     report: dict[str, Any] = {
         "name": name,
         "description": f"real entropy coding (compress/decompress) on {len(images)} image(s) "
         f"of {str(dataset)!r}, {torch_device.type}",
-        "results": {key: [] for key in keys},
+        "results": {key: [] for key in MEANS},
         "checkpoints": [str(p) for p in checkpoints],
         "decode_check": [],
     }
@@ -138,13 +161,9 @@ def evaluate(
         report["per_image"] = []
     for path in checkpoints:
         rows = evaluate_checkpoint(path, images, torch_device)
-        results = report["results"]
-        results["psnr-rgb"].append(_mean([r.psnr for r in rows]))
-        results["ms-ssim-rgb"].append(_mean([r.ms_ssim for r in rows]))
-        results["bpp"].append(_mean([r.bpp for r in rows]))
-        results["encoding_time"].append(_mean([r.encoding_time for r in rows]))
-        results["decoding_time"].append(_mean([r.decoding_time for r in rows]))
-        worst = max(rows, key=lambda r: r.decode_mismatch)
+        means, worst = summarize(rows)
+        for key, value in means.items():
+            report["results"][key].append(value)
         report["decode_check"].append(
             {
                 "max_abs_difference": worst.decode_mismatch,

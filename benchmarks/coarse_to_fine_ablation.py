@@ -58,6 +58,8 @@ def train_variant(name: str, arm: str, overrides: dict, out: Path, steps: int) -
 def row(name: str, label: str, out: Path) -> str:
     """The variant's table row: validation bpp and PSNR, effective λ, final logits."""
     folder = out / name
+    if not (folder / "metrics.json").exists() and not (folder / "diverged.json").exists():
+        return f"| {label} | not finished | | | |"
     if (folder / "diverged.json").exists():
         return f"| {label} | diverged | | | |"
     metrics = json.loads((folder / "metrics.json").read_text())

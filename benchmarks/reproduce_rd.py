@@ -466,7 +466,8 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
                 title="R-D on the eval photos (seed 0 solid, seed 1 dotted)")  # fmt: skip
     axes[0].legend(fontsize=7)
     axes[1].set(xlabel="step", ylabel="validation PSNR (dB)",
-                title="training from scratch: A blue, B orange, B′ green (every λ)")  # fmt: skip
+                title="training from scratch: A blue, B orange"
+                + (", B′ green" if "B'" in args.arms else "") + " (every λ)")  # fmt: skip
     for ax in axes:
         ax.grid(True, alpha=0.3)
     figure.tight_layout()

@@ -22,7 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_rd import ROOT, Run, config_for, cpu_settings, last_validation
+from reproduce_rd import (
+    ROOT,
+    Run,
+    config_for,
+    cpu_settings,
+    divergence,
+    folder_done,
+    last_validation,  # fmt: skip
+    train_to_end,
+)
 
 LAMBDA = 0.013
 SEED = 0
@@ -41,26 +50,16 @@ VARIANTS = (
 
 def train_variant(name: str, arm: str, overrides: dict, out: Path, steps: int) -> None:
     """Train one variant to the end (resuming it if it was stopped)."""
-    from moopt_lic import TrainConfig, TrainingDiverged, train
-
-    folder = out / name
-    if (folder / "metrics.json").exists() or (folder / "diverged.json").exists():
-        return
     values = config_for(Run(arm, LAMBDA, SEED), cpu_settings(out))
-    values.update(overrides, steps=steps, out=str(folder))
-    values["resume"] = (folder / "checkpoint.pt").exists()
-    try:
-        train(TrainConfig(**values))
-    except TrainingDiverged as error:
-        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+    train_to_end({**values, **overrides, "steps": steps, "out": str(out / name)})
 
 
 def row(name: str, label: str, out: Path) -> str:
     """The variant's table row: validation bpp and PSNR, effective λ, final logits."""
     folder = out / name
-    if not (folder / "metrics.json").exists() and not (folder / "diverged.json").exists():
+    if not folder_done(folder):
         return f"| {label} | not finished | | | |"
-    if (folder / "diverged.json").exists():
+    if divergence(folder) is not None:
         return f"| {label} | diverged | | | |"
     metrics = json.loads((folder / "metrics.json").read_text())
     bpp, psnr = last_validation(folder)

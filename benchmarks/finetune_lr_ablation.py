@@ -19,7 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_rd import ROOT, Run, config_for, cpu_settings, last_validation
+from reproduce_rd import (
+    ROOT,
+    Run,
+    config_for,
+    cpu_settings,
+    divergence,
+    last_validation,
+    train_to_end,
+)
 
 LEARNING_RATES = (1e-5, 3e-5)
 LAMBDAS = (0.0035, 0.013)
@@ -31,8 +39,6 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=ROOT / "runs" / "reproduce_rd")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "finetune_lr_ablation")
     args = parser.parse_args()
-    from moopt_lic import TrainConfig, TrainingDiverged, train
-
     settings = cpu_settings(args.source)
     rows = [
         "| λ | arm | fine-tune lr | validation bpp | validation PSNR (dB) |",
@@ -45,16 +51,14 @@ def main() -> None:
                 bpp, psnr = last_validation(folder)
                 rows.append(f"| {lmbda} | {arm} | 1e-4 | {bpp:.4f} | {psnr:.2f} |")
         for lr in LEARNING_RATES:
-            values = config_for(Run("C", lmbda, SEED), settings)
             folder = args.out / f"C-l{lmbda}-s{SEED}-lr{lr:g}"
-            values.update(lr=lr, out=str(folder), resume=(folder / "checkpoint.pt").exists())
-            try:
-                if not (folder / "metrics.json").exists():
-                    train(TrainConfig(**values))
+            train_to_end({**config_for(Run("C", lmbda, SEED), settings), "lr": lr,
+                          "out": str(folder)})  # fmt: skip
+            if (error := divergence(folder)) is not None:
+                rows.append(f"| {lmbda} | C | {lr:g} | diverged: {error} | |")
+            else:
                 bpp, psnr = last_validation(folder)
                 rows.append(f"| {lmbda} | C | {lr:g} | {bpp:.4f} | {psnr:.2f} |")
-            except TrainingDiverged as error:
-                rows.append(f"| {lmbda} | C | {lr:g} | diverged: {error} | |")
             print(rows[-1], flush=True)
     text = "\n".join(rows)
     print(text)

@@ -192,17 +192,44 @@ def cpu_settings(out: Path) -> argparse.Namespace:
     """The settings ``config_for`` reads, for the small preset on one CPU core: what the
     ablation scripts train with (their runs differ from the protocol's only where they say)."""
     return argparse.Namespace(scale="small", steps=None, finetune_steps=None, device="cpu",
-                              threads=1, out=out, arms=DEFAULT_ARMS)  # fmt: skip
+                              threads=1, out=out)  # fmt: skip
+
+
+def folder_done(folder: Path) -> bool:
+    """The run in ``folder`` trained to the end, or stopped by a NaN/∞ (in diverged.json)."""
+    return any((folder / done).exists() for done in ("metrics.json", "diverged.json"))
+
+
+def divergence(folder: Path) -> str | None:
+    """Why the run in ``folder`` stopped on a NaN/∞, or None if it did not."""
+    path = folder / "diverged.json"
+    return json.loads(path.read_text())["diverged"] if path.exists() else None
+
+
+def train_to_end(values: dict) -> None:
+    """Train the run ``values`` configures (its folder is ``values["out"]``) to its end.
+
+    A finished run is skipped, a stopped one resumes from its last checkpoint, and a NaN/∞
+    stop is recorded in diverged.json: a result (this setting does not train), not an error.
+    """
+    from moopt_lic import TrainConfig, TrainingDiverged, train
+
+    folder = Path(values["out"])
+    if folder_done(folder):
+        return
+    try:
+        train(TrainConfig(**values, resume=(folder / "checkpoint.pt").exists()))
+    except TrainingDiverged as error:
+        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
 
 
 def finished(run: Run, args: argparse.Namespace) -> bool:
     """Done: trained to the end, or stopped by a NaN/∞ (recorded in diverged.json)."""
-    return any((args.out / run.name / done).exists() for done in ("metrics.json", "diverged.json"))
+    return folder_done(args.out / run.name)
 
 
 def diverged(run: Run, args: argparse.Namespace) -> str | None:
-    path = args.out / run.name / "diverged.json"
-    return json.loads(path.read_text())["diverged"] if path.exists() else None
+    return divergence(args.out / run.name)
 
 
 def train_run(run: Run, args: argparse.Namespace) -> str:
@@ -211,17 +238,7 @@ def train_run(run: Run, args: argparse.Namespace) -> str:
     Evaluating right after training spreads the (CPU-heavy) real coding over the session
     instead of leaving it all to the end.
     """
-    from moopt_lic import TrainConfig, TrainingDiverged, train
-
-    folder = args.out / run.name
-    values = config_for(run, args)
-    if not finished(run, args):
-        if (folder / "checkpoint.pt").exists():
-            values["resume"] = True
-        try:
-            train(TrainConfig(**values))
-        except TrainingDiverged as error:  # a result: this arm does not train at this λ
-            (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+    train_to_end(config_for(run, args))
     if args.stage == "all" and to_evaluate(run, args):
         _load_eval_images(args.eval_images)
         evaluate_run(run.name, args)

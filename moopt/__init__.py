@@ -1,10 +1,10 @@
 """moopt: balance the gradients of competing objectives as multi-objective optimization.
 
-The flow of one training step: the k objective values (and, for Gram-based balancers, the
-k × k Gram matrix of their gradients) go into :meth:`Balancer.weights`, which returns the
+The flow of one training step: the k objective values (and, for Gram-based balancers, the k × k Gram
+matrix of their gradients) go into [`Balancer.weights`][moopt.Balancer.weights], which returns the
 weights ``w``; the update direction is ``Σ_i w_i ∇L_i``; after the optimizer step,
-:meth:`Balancer.update` gets the new losses. The core works on small NumPy arrays and never
-imports a deep-learning framework; :mod:`moopt.pytorch` is the PyTorch glue.
+[`Balancer.update`][moopt.Balancer.update] gets the new losses. The core works on small NumPy arrays
+and never imports a deep-learning framework; [`moopt.pytorch`][moopt.pytorch] is the PyTorch glue.
 """
 
 from moopt.balancers import (

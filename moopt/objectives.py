@@ -1,8 +1,9 @@
 """What an objective is to a balancer: a name and a scalar value, nothing framework-specific.
 
-Adapters (such as :mod:`moopt_lic`, with rate and distortion) subclass :class:`Objective`
-for their own inputs and value types (a float, a 0-d PyTorch tensor, ...); a balancer only
-ever sees the objectives' names and the k values in a fixed order.
+Adapters subclass [`Objective`][moopt.objectives.Objective] for their own inputs and value types
+(a float, a 0-d PyTorch tensor, ...), as `moopt_lic` does with [`Rate`][moopt_lic.Rate] and
+[`Distortion`][moopt_lic.Distortion]; a balancer only ever sees the objectives' names and the k
+values in a fixed order.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Objective(abc.ABC, Generic[InputT, ValueT]):
 
 
 class CallableObjective(Objective[InputT, ValueT]):
-    """An :class:`Objective` made from a name and a function.
+    """An [`Objective`][moopt.objectives.Objective] made from a name and a function.
 
     Examples
     --------
@@ -82,7 +83,7 @@ def objective_names(objectives: Iterable[Objective[InputT, ValueT]]) -> tuple[st
     Raises
     ------
     TypeError
-        If an element is not an :class:`Objective`.
+        If an element is not an [`Objective`][moopt.objectives.Objective].
     ValueError
         If there are no objectives or two share a name.
     """

@@ -1,16 +1,18 @@
 """PyTorch glue: turn k scalar losses into ``.grad = Σ_i w_i ∇L_i`` with any balancer.
 
-This is the only module of :mod:`moopt` that imports torch. One training step reads::
+This is the only module of `moopt` that imports torch. One training step reads:
 
-    out = model(x)
-    losses = {"rate": rate(out), "distortion": distortion(out)}
-    step = balanced_backward(losses, balancer, params)   # losses -> (Gram) -> w -> .grad
-    optimizer.step()
-    update_balancer(balancer, lambda: compute_losses(model, x))   # coarse-to-fine only
+```python
+out = model(x)
+losses = {"rate": rate(out), "distortion": distortion(out)}
+step = balanced_backward(losses, balancer, params)   # losses -> (Gram) -> w -> .grad
+optimizer.step()
+update_balancer(balancer, lambda: compute_losses(model, x))   # coarse-to-fine only
+```
 
 What it costs
 -------------
-* Balancers that need no Gram (:attr:`~moopt.Balancer.requires_gram` false): one backward
+* Balancers that need no Gram ([`requires_gram`][moopt.Balancer] false): one backward
   pass of ``Σ_i w_i L_i``, exactly what ``loss.backward()`` costs.
 * Gram-based balancers, parameter mode: the k per-objective gradients, in k sequential
   backward passes (``gram_mode="sequential"``, the default, the fastest on CPU) or one
@@ -81,7 +83,7 @@ class NonFiniteError(ValueError):
 
 @dataclass(frozen=True)
 class BalancedStep:
-    """What :func:`balanced_backward` did.
+    """What [`balanced_backward`][moopt.pytorch.balanced_backward] did.
 
     Attributes
     ----------
@@ -235,7 +237,7 @@ def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
 
 
 def _accumulate_all(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
-    """:func:`_accumulate` every present gradient into its parameter."""
+    """`_accumulate` every present gradient into its parameter."""
     for param, gradient in zip(params, grads, strict=True):
         if gradient is not None:
             _accumulate(param, gradient)
@@ -547,14 +549,16 @@ def update_balancer(
         The balancer that produced this step's weights.
     closure : callable
         Returns the k losses (sequence or mapping of scalar tensors, in the order given to
-        :func:`balanced_backward`); it is run under ``torch.no_grad()``.
+        [`balanced_backward`][moopt.pytorch.balanced_backward]); it is run under
+        ``torch.no_grad()``.
     step : int, optional
         The current step number; required when ``every > 1``.
     every : int, default 1
         Re-evaluate on steps where ``step % every == 0``.
     distributed : bool, default False
         Average the new loss values over the ``torch.distributed`` processes, as
-        :func:`balanced_backward` does, so the balancer's state stays identical on all.
+        [`balanced_backward`][moopt.pytorch.balanced_backward] does, so the balancer's state stays
+        identical on all.
 
     Returns
     -------

@@ -4,10 +4,11 @@ Both work on the ``k × k`` Gram matrix ``Q`` of the objective gradients (``Q_ij
 and return the weights ``w`` of the update direction ``d = Σ_i w_i g_i``, whose squared norm
 is ``‖d‖² = wᵀQw``:
 
-* :func:`eq_qp_weights` — ``min ½ wᵀQw  s.t.  Σ_i w_i = 1`` (no sign constraint). At the
-  solution ``Q w = μ 1``: ``d`` has the same inner product ``μ`` with every gradient.
-* :func:`mgda_weights` — ``min ½ wᵀQw  s.t.  Σ_i w_i = 1, w ≥ 0``: the min-norm point of the
-  convex hull of the gradients (MGDA).
+* [`eq_qp_weights`][moopt.solvers.eq_qp_weights] — ``min ½ wᵀQw  s.t.  Σ_i w_i = 1`` (no sign
+  constraint). At the solution ``Q w = μ 1``: ``d`` has the same inner product ``μ`` with every
+  gradient.
+* [`mgda_weights`][moopt.solvers.mgda_weights] — ``min ½ wᵀQw  s.t.  Σ_i w_i = 1, w ≥ 0``: the
+  min-norm point of the convex hull of the gradients (MGDA).
 
 How they are solved
 -------------------
@@ -30,13 +31,13 @@ equality-constrained QP on the free objectives; it stops at an exact KKT point.
 Fallback for singular problems
 ------------------------------
 Only when the reduced matrix ``ZᵀCZ`` is singular (an eigenvalue below
-:data:`SINGULAR_RTOL` times ``trace(C)``), the solution is not unique (e.g. two identical
-gradients). The solvers then return the minimum-norm solution of the reduced system (its
-pseudo-inverse, with eigenvalues below the same threshold taken as zero), which is, among
-the optimal weights, the one that minimises ``Σ_i ‖g_i‖² w_i²``: for identical gradients,
-the even split. If all gradients are zero, the weights are uniform. The result is always
-finite and sums to 1, and :attr:`QPSolution.exact` is ``False``. The fallback is never used
-when the exact solve succeeds.
+[`SINGULAR_RTOL`][moopt.solvers.SINGULAR_RTOL] times ``trace(C)``), the solution is not unique (e.g.
+two identical gradients). The solvers then return the minimum-norm solution of the reduced system
+(its pseudo-inverse, with eigenvalues below the same threshold taken as zero), which is, among the
+optimal weights, the one that minimises ``Σ_i ‖g_i‖² w_i²``: for identical gradients, the even
+split. If all gradients are zero, the weights are uniform. The result is always finite and sums to
+1, and [`QPSolution.exact`][moopt.solvers.QPSolution] is ``False``. The fallback is never used when
+the exact solve succeeds.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""Input checks shared by every public entry point of :mod:`moopt`.
+"""Input checks shared by every public entry point of `moopt`.
 
 Each check runs before any work is done and raises an error whose message names the
 argument, says what was wrong and what is allowed:
 
-* :class:`TypeError` when the argument is not an array-like of real numbers at all;
-* :class:`ValueError` when it is, but its shape, length or values are not allowed.
+* [`TypeError`](https://docs.python.org/3/library/exceptions.html#TypeError) when the argument is
+  not an array-like of real numbers at all;
+* [`ValueError`](https://docs.python.org/3/library/exceptions.html#ValueError) when it is, but its
+  shape, length or values are not allowed.
 
 The checks return clean ``float64`` NumPy copies, so the solvers never see user-owned
 memory, integers or other dtypes.
@@ -111,11 +113,11 @@ def as_finite_vector(value: ArrayLike, name: str, length: int | None = None) -> 
 def as_gram(value: ArrayLike | None, k: int, name: str = "gram") -> FloatArray:
     """Return ``value`` as a checked, exactly symmetric ``k × k`` Gram matrix.
 
-    A Gram matrix ``Q_ij = g_iᵀ g_j`` is symmetric positive semi-definite. Rounding (e.g. a
-    float32 product on a GPU) may break both slightly, so the check allows an asymmetry of
-    :data:`GRAM_SYMMETRY_RTOL` relative to the largest diagonal entry and a negative
-    eigenvalue of :data:`GRAM_PSD_RTOL` relative to the largest eigenvalue; the returned
-    matrix is the symmetric part ``(Q + Qᵀ) / 2``.
+    A Gram matrix ``Q_ij = g_iᵀ g_j`` is symmetric positive semi-definite. Rounding (e.g. a float32
+    product on a GPU) may break both slightly, so the check allows an asymmetry of
+    [`GRAM_SYMMETRY_RTOL`][moopt.validation.GRAM_SYMMETRY_RTOL] relative to the largest diagonal
+    entry and a negative eigenvalue of [`GRAM_PSD_RTOL`][moopt.validation.GRAM_PSD_RTOL] relative to
+    the largest eigenvalue; the returned matrix is the symmetric part ``(Q + Qᵀ) / 2``.
 
     Parameters
     ----------
@@ -184,7 +186,8 @@ def as_square_gram(value: ArrayLike, name: str = "gram") -> FloatArray:
     TypeError
         If ``value`` is not an array-like of real numbers.
     ValueError
-        If it is not a non-empty square matrix, or fails the checks of :func:`as_gram`.
+        If it is not a non-empty square matrix, or fails the checks of
+        [`as_gram`][moopt.validation.as_gram].
     """
     shape = _as_real_array(value, name).shape
     if len(shape) != 2 or shape[0] != shape[1]:

@@ -1,4 +1,4 @@
-"""The :class:`Balancer` interface shared by every gradient-balancing method."""
+"""The [`Balancer`][moopt.Balancer] interface shared by every gradient-balancing method."""
 
 from __future__ import annotations
 
@@ -21,25 +21,30 @@ def plain_floor(floor: float | FloatArray) -> float | list[float]:
 class Balancer(abc.ABC):
     """Abstract base of every balancer: turns k objective values into k gradient weights.
 
-    One training step with a balancer reads::
+    One training step with a balancer reads:
 
-        w = balancer.weights(losses, gram)   # gram only if balancer.requires_gram
-        # .grad = Σ_i w_i ∇L_i, then optimizer.step()
-        balancer.update(new_losses)          # the losses on the same batch after the step
+    ```python
+    w = balancer.weights(losses, gram)   # gram only if balancer.requires_gram
+    # .grad = Σ_i w_i ∇L_i, then optimizer.step()
+    balancer.update(new_losses)          # the losses on the same batch after the step
+    ```
 
     The weights apply to the *raw* objective gradients ``∇L_i``: the update direction is
-    ``d = Σ_i w_i ∇L_i``. Every balancer except :class:`~moopt.WeightedSumBalancer` returns
-    weights that sum to 1. Inputs are validated before any work; a bad input raises
-    :class:`TypeError` or :class:`ValueError` naming the argument.
+    ``d = Σ_i w_i ∇L_i``. Every balancer except [`WeightedSumBalancer`][moopt.WeightedSumBalancer]
+    returns weights that sum to 1. Inputs are validated before any work; a bad input raises
+    [`TypeError`](https://docs.python.org/3/library/exceptions.html#TypeError) or
+    [`ValueError`](https://docs.python.org/3/library/exceptions.html#ValueError) naming the
+    argument.
 
     Attributes
     ----------
     requires_gram : bool
-        Whether :meth:`weights` needs the ``k × k`` Gram matrix ``Q_ij = ∇L_iᵀ∇L_j`` (and so
-        all k gradients) or only the k loss values.
+        Whether [`weights`][moopt.Balancer.weights] needs the ``k × k`` Gram matrix
+        ``Q_ij = ∇L_iᵀ∇L_j`` (and so all k gradients) or only the k loss values.
     requires_update : bool
-        Whether :meth:`update` learns from the post-step losses (the coarse-to-fine
-        balancer); when false, the extra forward pass that computes them can be skipped.
+        Whether [`update`][moopt.Balancer.update] learns from the post-step losses (the
+        coarse-to-fine balancer); when false, the extra forward pass that computes them can be
+        skipped.
     """
 
     requires_gram: ClassVar[bool]
@@ -59,7 +64,7 @@ class Balancer(abc.ABC):
             The k current objective values ``L_i``.
         gram : array_like, optional
             The ``k × k`` Gram matrix of the raw gradients ``∇L_i``; required when
-            :attr:`requires_gram` is true, checked but unused otherwise.
+            [`requires_gram`][moopt.Balancer] is true, checked but unused otherwise.
 
         Returns
         -------
@@ -96,15 +101,15 @@ class Balancer(abc.ABC):
         ------
         TypeError, ValueError
             If ``new_losses`` is not a finite vector of the right length, or (stateful
-            balancers) no :meth:`weights` call came before.
+            balancers) no [`weights`][moopt.Balancer.weights] call came before.
         """
         self._update(as_finite_vector(new_losses, "new_losses", self.num_objectives))
 
     def state_dict(self) -> dict[str, Any]:
         """Return the balancer's configuration and state as plain Python and NumPy values.
 
-        Loading it with :meth:`load_state_dict` into a balancer of the same class continues
-        exactly as this one would have.
+        Loading it with [`load_state_dict`][moopt.Balancer.load_state_dict] into a balancer of the
+        same class continues exactly as this one would have.
         """
         return {
             "balancer": type(self).__name__,
@@ -113,7 +118,7 @@ class Balancer(abc.ABC):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the configuration and state saved by :meth:`state_dict`.
+        """Restore the configuration and state saved by [`state_dict`][moopt.Balancer.state_dict].
 
         Raises
         ------
@@ -158,7 +163,7 @@ class Balancer(abc.ABC):
         """Return the constructor arguments, for ``repr`` and the state dict."""
 
     def _state(self) -> dict[str, Any]:
-        """Return everything :meth:`state_dict` saves besides the class name and ``k``."""
+        """Return everything `state_dict` saves besides the class name and ``k``."""
         return self._config()
 
     @abc.abstractmethod

@@ -45,19 +45,20 @@ class CoarseToFineBalancer(Balancer):
 
     State: logits ``ξ ∈ R^k`` (initially 0). With ``ℓ_i = L_i − loss_floor``:
 
-    1. :meth:`weights`: ``z = softmax(ξ)``, ``c = 1 / Σ_i z_i/ℓ_i`` and
+    1. [`weights`][moopt.Balancer.weights]: ``z = softmax(ξ)``, ``c = 1 / Σ_i z_i/ℓ_i`` and
        ``w_i = c z_i / ℓ_i`` — the raw-gradient weights of one backward pass of
        ``c Σ_i z_i log ℓ_i``; positive, summing to 1.
-    2. After the optimizer step, :meth:`update` gets the losses ``L'`` on the same batch and
-       computes the log-loss decreases ``δ_i = log ℓ_i − log ℓ'_i`` and the logit gradient
-       ``J_softmax(ξ)ᵀ δ`` with ``J = diag(z) − z zᵀ``; the objective whose log-loss fell more
-       loses weight.
+    2. After the optimizer step, [`update`][moopt.Balancer.update] gets the losses ``L'`` on the
+       same batch and computes the log-loss decreases ``δ_i = log ℓ_i − log ℓ'_i`` and the logit
+       gradient ``J_softmax(ξ)ᵀ δ`` with ``J = diag(z) − z zᵀ``; the objective whose log-loss fell
+       more loses weight.
     3. The logits descend that gradient with weight decay ``γ``: ``"adam"`` exactly as
        ``torch.optim.Adam(lr=logit_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=gamma)``
        would (implemented in NumPy); ``"sgd"`` as ``ξ ← ξ − logit_lr (Jᵀδ + γ ξ)``.
 
-    :meth:`weights` may be called several times between updates (e.g. to amortise the extra
-    forward pass over n steps); :meth:`update` uses the losses of the latest call.
+    [`weights`][moopt.Balancer.weights] may be called several times between updates (e.g. to
+    amortise the extra forward pass over n steps); [`update`][moopt.Balancer.update] uses the losses
+    of the latest call.
 
     Parameters
     ----------

@@ -27,9 +27,9 @@ def _check_flag(value: Any, name: str) -> bool:
 class EqQPBalancer(Balancer):
     r"""Balanced steps: every (log-)loss decreases at the same first-order rate.
 
-    Each step solves ``min ½ wᵀQw`` subject to ``Σ_i w_i = 1`` (no sign constraint) in closed
-    form (:func:`moopt.solvers.eq_qp_weights`). At the solution ``Q w = μ 1``: the direction
-    has the same inner product ``μ`` with every gradient.
+    Each step solves ``min ½ wᵀQw`` subject to ``Σ_i w_i = 1`` (no sign constraint) in closed form
+    ([`moopt.solvers.eq_qp_weights`][moopt.solvers.eq_qp_weights]). At the solution ``Q w = μ 1``:
+    the direction has the same inner product ``μ`` with every gradient.
 
     With ``log_losses=True`` (the method of the paper) ``Q`` is the Gram of the log-loss
     gradients ``h_i = ∇L_i / ℓ_i`` with ``ℓ_i = L_i − loss_floor``, i.e. ``Q_h = D Q D`` with
@@ -42,7 +42,7 @@ class EqQPBalancer(Balancer):
     Whenever ``Σ_i w_i/ℓ_i > RENORMALISATION_RTOL · Σ_i |w_i/ℓ_i|`` the result is exactly the
     rescaled balanced one; otherwise the balancer falls back to the MGDA weights ``α`` on the
     same log-loss Gram (``α ≥ 0``, a direction that still decreases every log-loss to first
-    order), rescaled in the same way, and sets :attr:`last_guarded`.
+    order), rescaled in the same way, and sets [`last_guarded`][moopt.EqQPBalancer].
 
     With ``log_losses=False`` it returns the QP solution on the raw Gram itself.
 
@@ -57,8 +57,8 @@ class EqQPBalancer(Balancer):
     Attributes
     ----------
     last_solution : QPSolution or None
-        The QP solution of the last :meth:`weights` call (``exact`` tells whether the
-        singular-Gram fallback of :mod:`moopt.solvers` was used).
+        The QP solution of the last [`weights`][moopt.Balancer.weights] call (``exact`` tells
+        whether the singular-Gram fallback of [`moopt.solvers`][moopt.solvers] was used).
     last_guarded : bool
         Whether the last call used the renormalisation guard.
 

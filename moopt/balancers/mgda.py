@@ -28,7 +28,8 @@ class MGDABalancer(Balancer):
     """Multiple-gradient descent (Sener & Koltun, 2018): the min-norm convex combination.
 
     Each step solves ``min ‖Σ_i α_i s_i g_i‖²`` over the simplex ``α ≥ 0, Σ α_i = 1``
-    (:func:`moopt.solvers.mgda_weights`) for gradients ``g_i`` rescaled by ``s_i``:
+    ([`moopt.solvers.mgda_weights`][moopt.solvers.mgda_weights]) for gradients ``g_i`` rescaled by
+    ``s_i``:
 
     * ``"none"``: ``s_i = 1``, the raw gradients (their sizes, so λ, decide the result);
     * ``"loss"``: ``s_i = 1/ℓ_i`` with ``ℓ_i = L_i − loss_floor``, i.e. the gradients of

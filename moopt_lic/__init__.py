@@ -1,9 +1,11 @@
 """moopt_lic: train CompressAI learned image compression codecs with moopt balancers.
 
-* :func:`train` with a :class:`TrainConfig` (or ``python -m moopt_lic.train``) trains a codec
-  with any balancer and writes checkpoints, TensorBoard logs and ``metrics.json``;
-* :func:`load_model` rebuilds a trained codec from a checkpoint file alone;
-* :class:`Rate` and :class:`Distortion` are the two objectives, as :class:`moopt.Objective`.
+* [`train`][moopt_lic.trainer.train] with a [`TrainConfig`][moopt_lic.TrainConfig] (or
+  ``python -m moopt_lic.train``) trains a codec with any balancer and writes checkpoints,
+  TensorBoard logs and ``metrics.json``;
+* [`load_model`][moopt_lic.load_model] rebuilds a trained codec from a checkpoint file alone;
+* [`Rate`][moopt_lic.Rate] and [`Distortion`][moopt_lic.Distortion] are the two objectives, as
+  [`moopt.Objective`][moopt.Objective].
 """
 
 import warnings

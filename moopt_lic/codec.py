@@ -56,7 +56,7 @@ def pad_image(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, 
 
 
 def crop_padding(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Undo :func:`pad_image`."""
+    """Undo [`pad_image`][moopt_lic.codec.pad_image]."""
     left, right, top, bottom = padding
     height, width = x.shape[-2:]
     return x[..., top : height - bottom, left : width - right]

@@ -44,9 +44,11 @@ __all__ = ["Comparison", "Curve", "compare", "load_curve", "main"]
 METHODS = ("pchip", "cubic")
 METRICS = ("psnr-rgb", "ms-ssim-rgb")
 MIN_POINTS = 4
-#: A BD-rate whose two interpolations differ by more than this many percentage points is
-#: flagged: the curves are too flat or too noisy for the number to mean much.
 UNSTABLE_SPREAD = 1.0
+"""A BD-rate whose two interpolations differ by more than this many percentage points is flagged.
+
+The curves are then too flat or too noisy for the number to mean much.
+"""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ class Comparison:
 
     @property
     def unstable(self) -> bool:
-        """The interpolations disagree by more than :data:`UNSTABLE_SPREAD` points."""
+        """Whether the interpolations disagree by too much for the BD-rate to mean much.
+
+        That is, by more than [`UNSTABLE_SPREAD`][moopt_lic.compare.UNSTABLE_SPREAD] points.
+        """
         return not self.interpolation_spread <= UNSTABLE_SPREAD
 
 
@@ -149,8 +154,9 @@ def compare(anchor: Curve, test: Curve, *, pareto_front: bool = False) -> Compar
     anchor, test
         The curves, points sorted by rate.
     pareto_front
-        Compare the curves' Pareto fronts (:meth:`Curve.pareto_front`): their dominated
-        points are left out, and counted in :attr:`Comparison.dropped`.
+        Compare the curves' Pareto fronts
+        ([`Curve.pareto_front`][moopt_lic.compare.Curve.pareto_front]): their dominated points are
+        left out, and counted in [`Comparison.dropped`][moopt_lic.compare.Comparison].
 
     Raises
     ------

@@ -1,8 +1,8 @@
 """The configuration of a training run, and the command line generated from it.
 
-:class:`TrainConfig` is the single source of truth: ``python -m moopt_lic.train`` builds its
-argument parser from the dataclass fields (flag, help, choices), so the CLI and the Python
-API cannot drift apart. Its defaults are the built-in demo run (a small codec, a few minutes
+[`TrainConfig`][moopt_lic.TrainConfig] is the single source of truth: ``python -m moopt_lic.train``
+builds its argument parser from the dataclass fields (flag, help, choices), so the CLI and the
+Python API cannot drift apart. Its defaults are the built-in demo run (a small codec, a few minutes
 on two CPU cores); real training sets ``--dataset``, ``--quality``, ``--patch-size 256``,
 ``--batch-size 16`` and many more steps.
 """
@@ -239,11 +239,14 @@ class TrainConfig:
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The codec to build (see :class:`moopt_lic.ModelSpec` for the defaults)."""
+        """The codec to build (see [`ModelSpec`][moopt_lic.ModelSpec] for the defaults)."""
         return ModelSpec(self.model, self.quality, self.N, self.M)
 
     def validate(self) -> None:
-        """Raise :class:`InputError` for a bad value, naming the flag and what is allowed."""
+        """Raise [`InputError`][moopt_lic.InputError] for a bad value.
+
+        The message names the flag and what is allowed.
+        """
         spec = self.model_spec
         if self.balancer not in BALANCERS:
             raise InputError(
@@ -301,7 +304,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        """Inverse of [`to_dict`][moopt_lic.config.TrainConfig.to_dict].
+
+        Unknown keys are an error.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -369,7 +375,10 @@ def flags_markdown() -> str:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated :class:`TrainConfig`."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a validated configuration.
+
+    The configuration is a [`TrainConfig`][moopt_lic.TrainConfig].
+    """
     args = build_parser().parse_args(argv)
     if args.resume:
         _check_resume_flags(argv)

@@ -1,10 +1,10 @@
 """Training photos: image folders, the built-in photos, and seeded random crops.
 
 Every crop is a pure function of ``(seed, n)``, where ``n`` is the *global sample number*
-(``step × batch_size + position in the batch``): sample ``n`` belongs to epoch
-``n // num_images``, whose image order is a permutation drawn from ``(seed, epoch)``, and its
-crop offset (and its quantisation-noise seed, see :mod:`moopt_lic.noise`) are drawn from
-``(seed, n)``. So the data never depend on how samples are grouped into batches or processes,
+(``step × batch_size + position in the batch``): sample ``n`` belongs to epoch ``n // num_images``,
+whose image order is a permutation drawn from ``(seed, epoch)``, and its crop offset (and its
+quantisation-noise seed, see [`per_sample_noise`][moopt_lic.noise.per_sample_noise]) are drawn
+from ``(seed, n)``. So the data never depend on how samples are grouped into batches or processes,
 and a resumed run sees exactly the samples it would have seen.
 """
 
@@ -35,7 +35,6 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
-#: Real photographs shipped inside the scikit-image wheel (no download needed).
 BUILTIN_TRAIN_PHOTOS = (
     "astronaut.png",
     "chelsea.png",
@@ -43,11 +42,13 @@ BUILTIN_TRAIN_PHOTOS = (
     "motorcycle_left.png",
     "hubble_deep_field.jpg",
 )
-#: The held-out built-in photo of the default run's evaluation.
-BUILTIN_EVAL_PHOTOS = ("coffee.png",)
+"""Real photographs shipped inside the scikit-image wheel (no download needed)."""
 
-#: Decode every image at start-up (and keep it in memory) while they need at most this much.
+BUILTIN_EVAL_PHOTOS = ("coffee.png",)
+"""The held-out built-in photo of the default run's evaluation."""
+
 CACHE_LIMIT_BYTES = 2 * 2**30
+"""Decode every image at start-up (and keep it in memory) while they need at most this much."""
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -127,9 +128,9 @@ def builtin_photos(files: Sequence[str]) -> ImageSet:
 class ImageSet:
     """An ordered set of RGB photos, from files or from memory.
 
-    Files are checked when the set is made (a corrupt or unreadable file fails then, with its
-    name); when their decoded size fits :data:`CACHE_LIMIT_BYTES` they are decoded once and
-    kept in memory, otherwise decoded on every access.
+    Files are checked when the set is made (a corrupt or unreadable file fails then, with its name);
+    when their decoded size fits [`CACHE_LIMIT_BYTES`][moopt_lic.data.CACHE_LIMIT_BYTES] they are
+    decoded once and kept in memory, otherwise decoded on every access.
 
     Parameters
     ----------
@@ -231,9 +232,10 @@ def pad_to_patch(image: np.ndarray, patch: int) -> np.ndarray:
 class CropDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """Random ``patch × patch`` crops; item ``n`` is global sample ``n`` of the run.
 
-    ``dataset[n]`` returns ``(crop, noise_seed)``: a float32 ``(3, patch, patch)`` tensor in
-    [0, 1] and the sample's quantisation-noise seed. The dataset is indexed by the global
-    sample number, so it has no natural length; :attr:`epoch_size` is the number of images.
+    ``dataset[n]`` returns ``(crop, noise_seed)``: a float32 ``(3, patch, patch)`` tensor in [0, 1]
+    and the sample's quantisation-noise seed. The dataset is indexed by the global sample number, so
+    it has no natural length; [`epoch_size`][moopt_lic.data.CropDataset.epoch_size] is the number of
+    images.
     """
 
     def __init__(self, images: ImageSet, patch: int, seed: int) -> None:

@@ -1,6 +1,7 @@
 """Multi-process training on ``torch.distributed``: process identity and a few collectives.
 
-The trainer needs these beyond those of :func:`moopt.pytorch.balanced_backward`.
+The trainer needs these beyond those of
+[`moopt.pytorch.balanced_backward`][moopt.pytorch.balanced_backward].
 
 Under ``torchrun --nproc_per_node=N -m moopt_lic.train ...`` (``WORLD_SIZE`` > 1 in the
 environment) every process joins one process group: gloo on the CPU, nccl on CUDA (one GPU
@@ -44,10 +45,10 @@ class Processes:
 def setup(device: torch.device, timeout_seconds: float) -> tuple[Processes, torch.device, bool]:
     """Join the process group when started by torchrun; return who we are and our device.
 
-    ``device`` is the device asked for; on CUDA each process takes the GPU ``LOCAL_RANK``.
-    A collective that waits longer than ``timeout_seconds`` (a rank that died or hangs)
-    fails instead of hanging. The last value says whether this call created the group (and
-    so should :func:`teardown` it); a group the caller made is used as it is.
+    ``device`` is the device asked for; on CUDA each process takes the GPU ``LOCAL_RANK``. A
+    collective that waits longer than ``timeout_seconds`` (a rank that died or hangs) fails instead
+    of hanging. The last value says whether this call created the group (and so should
+    [`teardown`][moopt_lic.distributed.teardown] it); a group the caller made is used as it is.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -1,6 +1,6 @@
 """``python -m moopt_lic.evaluate``: code images for real with trained checkpoints.
 
-For each checkpoint: rebuild the codec (:func:`moopt_lic.load_model`, which runs
+For each checkpoint: rebuild the codec ([`moopt_lic.load_model`][moopt_lic.load_model], which runs
 ``update(force=True)``), ``compress`` and ``decompress`` every image of ``--dataset``
 (padded as CompressAI does, cropped back), and report the rate from the bitstream's bytes,
 PSNR and MS-SSIM on RGB (means of the per-image values) and the coding times, in the JSON
@@ -37,8 +37,8 @@ from moopt_lic.trainer import resolve_device
 
 __all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main", "summarize"]
 
-#: Largest accepted |decoded − forward reconstruction| per pixel (images in [0, 1]).
 DEFAULT_TOLERANCE = 1e-3
+"""Largest accepted |decoded − forward reconstruction| per pixel (images in [0, 1])."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,6 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-#: The per-checkpoint means of CompressAI's ``eval_model`` JSON, from ``ImageResult`` fields.
 MEANS = {
     "psnr-rgb": "psnr",
     "ms-ssim-rgb": "ms_ssim",
@@ -102,6 +101,7 @@ MEANS = {
     "encoding_time": "encoding_time",
     "decoding_time": "decoding_time",
 }
+"""The per-checkpoint means of CompressAI's ``eval_model`` JSON, from ``ImageResult`` fields."""
 
 
 def summarize(rows: Sequence[ImageResult]) -> tuple[dict[str, float | None], ImageResult]:
@@ -110,9 +110,9 @@ def summarize(rows: Sequence[ImageResult]) -> tuple[dict[str, float | None], Ima
     Returns
     -------
     tuple
-        The means over the images (keys of :data:`MEANS`; None where no image has the value)
-        and the row whose decoded pixels differ most from the forward pass (the decode
-        check's worst case).
+        The means over the images (keys of [`MEANS`][moopt_lic.evaluate.MEANS]; None where no image
+        has the value) and the row whose decoded pixels differ most from the forward pass (the
+        decode check's worst case).
     """
     means = {key: _mean([getattr(r, field) for r in rows]) for key, field in MEANS.items()}
     return means, max(rows, key=lambda r: r.decode_mismatch)

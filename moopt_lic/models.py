@@ -1,8 +1,8 @@
 """CompressAI codecs by zoo name, built fresh (never with downloaded weights), and reloaded.
 
-A :class:`ModelSpec` (zoo name, quality, ``N``, ``M``) is all it takes to rebuild a model;
-every checkpoint of :mod:`moopt_lic` stores it beside the weights, so :func:`load_model`
-needs the checkpoint file alone.
+A [`ModelSpec`][moopt_lic.ModelSpec] (zoo name, quality, ``N``, ``M``) is all it takes to rebuild a
+model; every checkpoint of `moopt_lic` stores it beside the weights, so
+[`load_model`][moopt_lic.load_model] needs the checkpoint file alone.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ class _Architecture:
     demo_nm: tuple[int, int] = (64, 96)  # the small size used when no quality is given
 
 
-#: Zoo names understood by ``--model``.
 MODELS: dict[str, _Architecture] = {
     "bmshj2018-factorized": _Architecture(FactorizedPrior, 16),
     "bmshj2018-hyperprior": _Architecture(ScaleHyperprior, 64),
@@ -58,6 +57,7 @@ MODELS: dict[str, _Architecture] = {
     "elic2022-official": _Architecture(Elic2022Official, 64, min_m=129, demo_nm=(64, 192)),
     "elic2022-chandelier": _Architecture(Elic2022Chandelier, 64, min_m=129, demo_nm=(64, 192)),
 }
+"""Zoo names understood by ``--model``."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def main_and_aux_parameters(
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a trained codec from a :mod:`moopt_lic` checkpoint file alone.
+    """Rebuild a trained codec from a `moopt_lic` checkpoint file alone.
 
     Parameters
     ----------
@@ -164,7 +164,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
 def model_from_checkpoint(
     checkpoint: dict[str, Any], device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
-    """Rebuild the codec of an already read checkpoint (see :func:`load_model`)."""
+    """Rebuild the codec of an already read checkpoint; see [`load_model`][moopt_lic.load_model]."""
     spec = ModelSpec(**checkpoint["model_spec"])
     model = build_model(spec)
     model.load_state_dict(checkpoint["model"])

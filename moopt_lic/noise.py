@@ -1,13 +1,13 @@
 """Quantisation noise drawn per sample from a seed, so training does not depend on batching.
 
 CompressAI's entropy models add ``U(-½, ½)`` noise to the latents in training
-(``EntropyModel.quantize(..., "noise")``), drawn from the global torch RNG for the whole
-batch at once: the noise a sample gets then depends on its position in the batch and on how
-many processes share the batch. Inside :func:`per_sample_noise`, the noise of sample ``b`` in
-the ``c``-th noise call of a forward pass is drawn from its own generator, seeded by
-``(seeds[b], c)``. Two forward passes with the same seeds get the same noise (the
-coarse-to-fine re-evaluation compares losses under identical noise), and a sample gets the
-same noise whatever batch or process it is in.
+(``EntropyModel.quantize(..., "noise")``), drawn from the global torch RNG for the whole batch at
+once: the noise a sample gets then depends on its position in the batch and on how many processes
+share the batch. Inside [`per_sample_noise`][moopt_lic.noise.per_sample_noise], the noise of sample
+``b`` in the ``c``-th noise call of a forward pass is drawn from its own generator, seeded by
+``(seeds[b], c)``. Two forward passes with the same seeds get the same noise (the coarse-to-fine
+re-evaluation compares losses under identical noise), and a sample gets the same noise whatever
+batch or process it is in.
 
 Two layouts of the noised tensor are known: batch first (``GaussianConditional``, the
 latent codecs' direct calls) and channel first with the batch folded into the last

@@ -1,11 +1,12 @@
-"""Rate and distortion of a CompressAI codec as :class:`moopt.Objective` objects.
+"""Rate and distortion of a CompressAI codec as [`moopt.Objective`][moopt.Objective] objects.
 
 * rate ``R``: bits per pixel, ``Σ -log2(likelihoods) / (B·H·W)`` over every latent the model
   returns (``y``, ``z``, ...);
 * distortion ``D``: ``λ·255²·MSE`` with pixels in [0, 1], or ``λ·(1 − MS-SSIM)``. λ is
   inside ``D`` and applied once: the weighted-sum loss is ``R + D``.
 
-Each objective reads a :class:`CodecBatch`: the input batch and the model's output dict.
+Each objective reads a [`CodecBatch`][moopt_lic.CodecBatch]: the input batch and the model's output
+dict.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ __all__ = [
 ]
 
 Metric = Literal["mse", "ms-ssim"]
-#: pytorch_msssim's 5 scales with its 11-pixel window need images larger than this.
 MSSSIM_MIN_SIDE = 160
+"""pytorch_msssim's 5 scales with its 11-pixel window need images larger than this."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class Distortion(Objective[CodecBatch, torch.Tensor]):
         The rate–distortion trade-off λ > 0 (CompressAI's MSE grid: 0.0018 … 0.0483).
     metric : {"mse", "ms-ssim"}
         MS-SSIM uses pytorch_msssim's five scales, so crops must be larger than
-        :data:`MSSSIM_MIN_SIDE` pixels (checked when the run is configured).
+        [`MSSSIM_MIN_SIDE`][moopt_lic.objectives.MSSSIM_MIN_SIDE] pixels (checked when the run is
+        configured).
     """
 
     def __init__(self, lmbda: float, metric: Metric = "mse") -> None:

@@ -1,8 +1,8 @@
-"""``python -m moopt_lic.train``: the entry point; the command line lives in :mod:`moopt_lic.cli`.
+"""``python -m moopt_lic.train``: the entry point; the command line lives in `moopt_lic.cli`.
 
-In Python, use :func:`moopt_lic.train` (the function) with a :class:`moopt_lic.TrainConfig`;
-this module only runs the command line, and importing it would shadow that function's name
-in the package, so nothing imports it.
+In Python, use [`moopt_lic.train`][moopt_lic.trainer.train] (the function) with a
+[`moopt_lic.TrainConfig`][moopt_lic.TrainConfig]; this module only runs the command line, and
+importing it would shadow that function's name in the package, so nothing imports it.
 """
 
 import sys

@@ -1,12 +1,14 @@
 """The training loop of ``python -m moopt_lic.train``: one balanced R-D step at a time.
 
-One step reads top to bottom (:meth:`Trainer.train_step`)::
+One step reads top to bottom ([`Trainer.train_step`][moopt_lic.trainer.Trainer.train_step]):
 
-    x, noise seeds ──► model(x) ──► {rate, distortion}            (moopt_lic.objectives)
-                   ──► balanced_backward(losses, balancer, params) (moopt.pytorch)
-                   ──► clip, optimizer.step()
-                   ──► update_balancer(same batch, same noise)     (coarse-to-fine only)
-                   ──► aux_loss step of the entropy bottleneck     (never balanced)
+```text
+x, noise seeds ──► model(x) ──► {rate, distortion}            (moopt_lic.objectives)
+               ──► balanced_backward(losses, balancer, params) (moopt.pytorch)
+               ──► clip, optimizer.step()
+               ──► update_balancer(same batch, same noise)     (coarse-to-fine only)
+               ──► aux_loss step of the entropy bottleneck     (never balanced)
+```
 
 Checkpoints hold everything the next step depends on (model, both optimizers, scheduler,
 balancer, RNGs, step); the data and the noise are functions of ``(seed, sample number)``, so
@@ -72,7 +74,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: where the outputs are and the run summary."""
+    """What [`train`][moopt_lic.trainer.train] returns: the output folder and the run summary."""
 
     out: Path
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -167,8 +169,8 @@ def _default_out(config: TrainConfig) -> Path:
 class Trainer:
     """A run: the model, its optimizers, the balancer, the data; steps and checkpoints.
 
-    Use :func:`train`; the class is public for tests and for callers that drive steps
-    themselves.
+    Use [`train`][moopt_lic.trainer.train]; the class is public for tests and for callers that drive
+    steps themselves.
     """
 
     def __init__(

@@ -12,6 +12,7 @@ from moopt.balancers import (
     CoarseToFineBalancer,
     EqQPBalancer,
     MGDABalancer,
+    TargetBalancer,
     WeightedSumBalancer,
 )
 from moopt.objectives import CallableObjective, Objective
@@ -24,6 +25,7 @@ __all__ = [
     "EqQPBalancer",
     "MGDABalancer",
     "Objective",
+    "TargetBalancer",
     "WeightedSumBalancer",
     "eq_qp_weights",
     "mgda_weights",

@@ -1,24 +1,24 @@
 """The command line of ``python -m moopt_lic.train``: train a codec with a moopt balancer.
 
 With no arguments it trains a small codec on the built-in scikit-image photos with the
-coarse-to-fine balancer and evaluates it with real entropy coding. Bad input (a missing
+coarse-to-fine balancer holding ``DEMO_TARGET_BPP`` bits per pixel, and evaluates it with real
+entropy coding. Bad input (a missing
 folder, a corrupt image, an unknown name, λ ≤ 0) ends with one line on stderr and exit
 status 2; a diverged run (NaN/∞) with exit status 1, its last good checkpoint kept.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from moopt_lic.config import config_from_args
+from moopt_lic.config import DEMO_TARGET_BPP, config_from_args
 from moopt_lic.errors import InputError
-from moopt_lic.trainer import TrainingDiverged, train
+from moopt_lic.trainer import TrainingDiverged, lambda_offset, train
 
-__all__ = ["lambda_note", "main", "summary"]
+__all__ = ["lambda_note", "main", "summary", "target_line"]
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -30,6 +30,7 @@ def summary(metrics: dict[str, Any]) -> str:
             f"held-out images, real entropy coding: {final['bpp']:.4f} bpp, "
             f"PSNR {final['psnr']:.2f} dB ({len(final['images'])} image(s))"
         )
+    lines.extend(target_line(metrics))
     lines.extend(lambda_note(metrics))
     out = metrics["out"]
     lines.append(
@@ -43,21 +44,33 @@ def lambda_note(metrics: dict[str, Any]) -> list[str]:
     """Say which trade-off the updates followed, and warn when it is not the user's λ."""
     lmbda, effective = metrics["lambda"], metrics["effective_lambda"]
     lines = [f"λ = {lmbda}; effective λ of the last steps (λ·w_D/w_R) = {effective:.3g}"]
-    ratio = effective / lmbda
-    if metrics["balancer"] == "weighted-sum" or 0.5 <= ratio <= 2:
+    offset = lambda_offset(lmbda, effective)
+    if metrics["balancer"] == "weighted-sum" or metrics.get("target") or offset is None:
         return lines
-    if math.isfinite(ratio) and ratio > 0:
-        how = f"{max(ratio, 1 / ratio):.3g}× {'below' if ratio < 1 else 'above'} --lambda"
-    else:
-        how = "with no positive relation to --lambda"
     lines.append(
-        f"note: under {metrics['balancer']} the updates followed a trade-off {how}, so the "
+        f"note: under {metrics['balancer']} the updates followed a trade-off {offset}, so the "
         f"codec will not sit where a weighted sum at this λ would (the balancer works on "
-        f"log-losses, in which λ cancels while D ≫ 1). To keep the rate target: for "
-        f"coarse-to-fine a larger shift, --loss-floor -10; or the weighted sum at λ, then a "
-        f"balancer as fine-tuning with --init-from (docs: 'What λ means under balancing')"
+        f"log-losses, in which λ cancels while D ≫ 1). To get the rate you want, name it: "
+        f"--target-bpp B holds it under any balancer (docs: 'Train a codec')"
     )
     return lines
+
+
+def target_line(metrics: dict[str, Any]) -> list[str]:
+    """Return the target, what the last steps achieved, and the real-coded value beside it."""
+    target = metrics.get("target")
+    if not target:
+        return []
+    unit = "bpp" if target["objective"] == "rate" else "dB"
+    line = (
+        f"target: {target['objective']} {target['value']:g} {unit}; achieved in training "
+        f"(mean of the last 10 % of steps): {target['achieved']:.4g} {unit}"
+    )
+    final = metrics.get("final_evaluation")
+    if final:
+        coded = final["bpp"] if target["objective"] == "rate" else final["psnr"]
+        line += f"; held-out images, real coding: {coded:.4g} {unit}"
+    return [line]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     the same on every rank: bad input, or a NaN in the globally averaged losses).
     """
     speak = os.environ.get("RANK", "0") == "0"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        argv = ["--target-bpp", str(DEMO_TARGET_BPP)]
+        if speak:
+            print(
+                f"no arguments: the demo run, a small codec on scikit-image's photos, trained "
+                f"with the coarse-to-fine balancer holding {DEMO_TARGET_BPP} bpp "
+                f"(--target-bpp {DEMO_TARGET_BPP}); --help lists the flags"
+            )
     try:
         result = train(config_from_args(argv))
     except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, one line printed)

@@ -22,6 +22,7 @@ from moopt_lic.models import MODELS, ModelSpec
 __all__ = [
     "BALANCERS",
     "DEFAULT_STEPS",
+    "DEMO_TARGET_BPP",
     "TrainConfig",
     "build_parser",
     "config_from_args",
@@ -30,6 +31,10 @@ __all__ = [
 
 #: Steps of a run that gives neither ``--steps`` nor ``--epochs`` (the built-in demo).
 DEFAULT_STEPS = 1500
+
+#: The rate target of ``python -m moopt_lic.train`` with no arguments (the demo); without
+#: one, coarse-to-fine would train the demo codec far below the rate its λ asks for.
+DEMO_TARGET_BPP = 0.3
 
 #: Names understood by ``--balancer``.
 BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
@@ -124,6 +129,20 @@ class TrainConfig:
             flag="--lambda",
         ),
     )
+    target_bpp: float | None = field(
+        default=None,
+        metadata=_opt(
+            "hold the training rate at this many bits per pixel, under any balancer (λ then "
+            "sets only the starting trade-off)"
+        ),
+    )
+    target_psnr: float | None = field(
+        default=None,
+        metadata=_opt(
+            "hold the training distortion at this PSNR in dB (λ·255²·10^(−P/10); --metric mse "
+            "only), under any balancer"
+        ),
+    )
     # balancer
     balancer: str = field(
         default="coarse-to-fine",
@@ -196,7 +215,8 @@ class TrainConfig:
     init_from: str | None = field(
         default=None,
         metadata=_opt(
-            "start from this checkpoint's model weights (fine-tuning, e.g. with --balancer eq-qp)"
+            "start from this checkpoint's model weights (fine-tuning, e.g. with --balancer eq-qp "
+            "and the checkpoint's rate as --target-bpp)"
         ),
     )
     # run
@@ -286,6 +306,17 @@ class TrainConfig:
                 f"--loss-floor must be ≤ 0 (rate and distortion are ≥ 0 and their logs are "
                 f"taken of L − floor), got {self.loss_floor}"
             )
+        if self.target_bpp is not None and self.target_psnr is not None:
+            raise InputError("give --target-bpp or --target-psnr, not both: one target at a time")
+        if self.target_psnr is not None and self.metric != "mse":
+            raise InputError(
+                f"--target-psnr holds λ·255²·MSE, so it needs --metric mse, got --metric "
+                f"{self.metric}; hold the rate with --target-bpp instead"
+            )
+        for name in ("target_bpp", "target_psnr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"--{_flag(name)} must be a finite number > 0, got {value}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be ≥ 1, got {self.threads}")
 

@@ -39,6 +39,7 @@ from moopt import (
     CoarseToFineBalancer,
     EqQPBalancer,
     MGDABalancer,
+    TargetBalancer,
     WeightedSumBalancer,
 )
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
@@ -58,6 +59,7 @@ from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
 from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.targets import Target, TargetHistory, target_of
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_balancer", "train"]
 
@@ -66,6 +68,8 @@ BEST_CHECKPOINT = "checkpoint_best.pt"
 METRICS = "metrics.json"
 #: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
 EFFECTIVE_LAMBDA_WINDOW = 50
+#: The effective λ counts as off the user's λ outside ``[λ/this, λ·this]`` (warning and note).
+LAMBDA_TOLERANCE = 2.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,7 +85,13 @@ class TrainResult:
 
 
 def build_balancer(config: TrainConfig) -> Balancer:
-    """Build the balancer named by ``config.balancer``, with its hyper-parameters."""
+    """Build the balancer named by ``config.balancer``, wrapped to hold the run's target."""
+    base = _base_balancer(config)
+    target = target_of(config.target_bpp, config.target_psnr, config.lmbda)
+    return base if target is None else TargetBalancer(base, target.targets())
+
+
+def _base_balancer(config: TrainConfig) -> Balancer:
     if config.balancer == "weighted-sum":
         return WeightedSumBalancer([1.0, 1.0])  # λ is inside D: L = R + D
     if config.balancer == "mgda":
@@ -215,8 +225,11 @@ class Trainer:
                 raise InputError(f"--features needs a model with an encoder g_a; {config.model}")
             self.model.g_a.register_forward_hook(lambda _m, _i, y: self._latent.append(y))
 
+        self.target: Target | None = target_of(config.target_bpp, config.target_psnr, config.lmbda)
+        self.target_history = None if self.target is None else TargetHistory(self.target)
         self.step = 0
         self.recent_effective_lambda: list[float] = []  # of the last EFFECTIVE_LAMBDA_WINDOW
+        self.warned_lambda = False
         self.best: dict[str, float] | None = None
         self.elapsed = 0.0
         if resume_from is not None:
@@ -275,6 +288,8 @@ class Trainer:
         self.last_aux_loss = float(aux_loss.detach())
         self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
         del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
+        if self.target_history is not None:
+            self.target_history.record(result.losses)
         return result
 
     def _gradient_norm(self) -> float:
@@ -339,11 +354,12 @@ class Trainer:
                     for name, value in scalars.items():
                         writer.add_scalar(name, value, self.step)
                     bar.set_postfix(
-                        bpp=f"{scalars['train/rate_bpp']:.3f}",
-                        λ_eff=f"{scalars['balancer/effective_lambda']:.4g}",
+                        self._postfix(scalars),
                         refresh=False,  # shown at the bar's next refresh (mininterval)
                     )
                     times.clear()
+                    if main:
+                        self._warn_if_lambda_lost()
                 if main and (self.step % config.eval_every == 0 or self.step == self.total_steps):
                     self._validate(writer)
                 if self.step % config.checkpoint_every == 0 or self.step == self.total_steps:
@@ -354,6 +370,45 @@ class Trainer:
             bar.close()
             writer.close()
         return self.finish() if main else {}
+
+    def _postfix(self, scalars: dict[str, float]) -> dict[str, str]:
+        """Return the progress bar's fields: rate, effective λ, the target and its recent mean."""
+        postfix = {
+            "bpp": f"{scalars['train/rate_bpp']:.3f}",
+            "λ_eff": f"{scalars['balancer/effective_lambda']:.4g}",
+        }
+        if self.target is not None and self.target_history is not None:
+            recent = self.target_history.achieved(10 * self.config.log_every)
+            postfix["target"] = f"{self.target.value:g}{self.target.unit}"
+            postfix["held"] = f"{recent:.3g}{self.target.unit}"
+        return postfix
+
+    def _warn_if_lambda_lost(self) -> None:
+        """Warn once when, with no target, the balancer has left the user's λ for a while.
+
+        "A while" is every one of the last ``EFFECTIVE_LAMBDA_WINDOW`` steps outside the
+        tolerance that the end-of-run note uses too.
+        """
+        recent = self.recent_effective_lambda
+        if (
+            self.warned_lambda
+            or self.target is not None
+            or self.config.balancer == "weighted-sum"
+            or len(recent) < EFFECTIVE_LAMBDA_WINDOW
+        ):
+            return
+        offsets = [lambda_offset(self.config.lmbda, value) for value in recent]
+        if any(offset is None for offset in offsets):
+            return
+        self.warned_lambda = True
+        mean = lambda_offset(self.config.lmbda, float(np.mean(recent))) or offsets[-1]
+        tqdm.write(
+            f"warning: step {self.step}: under {self.config.balancer} the effective λ has been "
+            f"{mean} for {EFFECTIVE_LAMBDA_WINDOW} steps, so the codec drifts away from the "
+            f"rate a weighted sum at this λ would give; to hold a rate, pass --target-bpp B "
+            f"(or --target-psnr P)",
+            file=sys.stderr,
+        )
 
     def _check_processes_agree(self) -> None:
         """Every process must hold the same parameters and balancer state (a collective)."""
@@ -380,6 +435,10 @@ class Trainer:
             "time/step_seconds": float(np.mean(times)),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if isinstance(self.balancer, TargetBalancer):
+            # one targeted objective: its control u (tilt exp(u), or preference) and log error
+            scalars["target/control"] = float(self.balancer.control[0])
+            scalars["target/log_error"] = float(self.balancer.error[0])
         if self.config.metric == "mse":
             scalars["train/psnr"] = mse_to_psnr(distortion / (self.config.lmbda * 255**2))
         return scalars
@@ -389,7 +448,7 @@ class Trainer:
     def _validate(self, writer: _Writer) -> dict[str, float]:
         """Likelihood-estimated rate, PSNR and R-D loss on the evaluation images."""
         self.model.eval()
-        totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": []}
+        totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": [], "distortion": []}
         for index in range(len(self.eval_images)):
             x = image_to_tensor(self.eval_images[index]).to(self.device)
             padded, padding = pad_image(x, self.spec.downsampling)
@@ -401,14 +460,26 @@ class Trainer:
             totals["bpp"].append(rate)
             totals["psnr"].append(mse_to_psnr(float(torch.mean((output["x_hat"] - x) ** 2))))
             totals["loss"].append(rate + distortion)
+            totals["distortion"].append(distortion)
         self.model.train()
         summary = {name: float(np.mean(values)) for name, values in totals.items()}
         for name, value in summary.items():
             writer.add_scalar(f"val/{name}", value, self.step)
-        if self.best is None or summary["loss"] < self.best["loss"]:
-            self.best = {"step": self.step, **summary}
+        candidate = {"step": self.step, **summary, **self._target_standing()}
+        if self.best is None or _better(candidate, self.best, self.target):
+            self.best = candidate
             self.save(self.out / BEST_CHECKPOINT)
         return summary
+
+    def _target_standing(self) -> dict[str, float]:
+        """Whether the steps since the last validation held the target, and how far off."""
+        if self.target_history is None:
+            return {}
+        steps = self.config.eval_every
+        return {
+            "holds_target": float(self.target_history.holds_over(steps)),
+            "target_error": self.target_history.error(steps),
+        }
 
     # ------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -428,6 +499,8 @@ class Trainer:
             "best": self.best,
             "elapsed": self.elapsed,
             "recent_effective_lambda": self.recent_effective_lambda,
+            "target_losses": None if self.target_history is None else self.target_history.losses,
+            "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
         }
 
@@ -446,6 +519,9 @@ class Trainer:
         self.best = state["best"]
         self.elapsed = float(state["elapsed"])
         self.recent_effective_lambda = list(state.get("recent_effective_lambda", []))
+        self.warned_lambda = bool(state.get("warned_lambda", False))
+        if self.target_history is not None:
+            self.target_history.losses = [float(v) for v in state["target_losses"]]
 
     def _load_initial_weights(self, path: str) -> None:
         checkpoint = read_checkpoint(path) if Path(path).is_file() else None
@@ -473,6 +549,12 @@ class Trainer:
             "best_validation": self.best,
             "config": self.config.to_dict(),
         }
+        if self.target is not None and self.target_history is not None:
+            metrics["target"] = {
+                "objective": self.target.objective,
+                "value": self.target.value,
+                "achieved": self.target_history.achieved(self.total_steps),
+            }
         if self.config.final_eval:
             metrics["final_evaluation"] = self.evaluate_coded()
         (self.out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -536,6 +618,37 @@ class _Writer:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _better(candidate: dict[str, float], best: dict[str, float], target: Target | None) -> bool:
+    """Whether a validation beats the best so far, by the user's own criterion.
+
+    Without a target: the lower validation ``R + D`` at the run's λ, whatever the balancer
+    optimised. With one: among validations whose preceding steps held the target, the lower
+    free objective (distortion under a rate target, rate under a quality target); before any
+    held it, the one closest to the target.
+    """
+    if target is None:
+        return candidate["loss"] < best["loss"]
+    if candidate["holds_target"] != best["holds_target"]:
+        return candidate["holds_target"] > best["holds_target"]
+    if not candidate["holds_target"]:
+        return candidate["target_error"] < best["target_error"]
+    free = "distortion" if target.objective == "rate" else "bpp"
+    return candidate[free] < best[free]
+
+
+def lambda_offset(lmbda: float, effective: float) -> str | None:
+    """Say how far the effective λ is from ``lmbda`` ("8.1× below --lambda").
+
+    None when it is within a factor ``LAMBDA_TOLERANCE`` of it.
+    """
+    ratio = effective / lmbda
+    if 1 / LAMBDA_TOLERANCE <= ratio <= LAMBDA_TOLERANCE:
+        return None
+    if math.isfinite(ratio) and ratio > 0:
+        return f"{max(ratio, 1 / ratio):.3g}× {'below' if ratio < 1 else 'above'} --lambda"
+    return "with no positive relation to --lambda"
 
 
 def effective_lambda(lmbda: float, weights: np.ndarray) -> float:

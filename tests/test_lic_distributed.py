@@ -180,3 +180,23 @@ def test_a_dead_rank_ends_the_job(test_images, tmp_path):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_two_processes_hold_a_target_like_one(test_images, tmp_path):
+    """Under torchrun the controller sees the global losses: the same state on every rank
+    (checked each step by the digest) and the same as one process with twice the batch."""
+    target = ["--target-bpp", "0.5"]
+    _run_two([*_flags(test_images, "eq-qp", 2, tmp_path / "two"), *target])
+    config = {**_config(test_images, "eq-qp", 4), "out": str(tmp_path / "one"), "target_bpp": 0.5}
+    train(TrainConfig(**config))
+    two, one = _checkpoint(tmp_path / "two"), _checkpoint(tmp_path / "one")
+    assert _max_difference(two["model"], one["model"]) < TOLERANCE
+    for key in ("control", "integral"):
+        torch.testing.assert_close(
+            torch.tensor(two["balancer"][key]),
+            torch.tensor(one["balancer"][key]),
+            atol=1e-4,
+            rtol=0,
+        )
+    assert two["target_losses"] == pytest.approx(one["target_losses"], rel=1e-4)

@@ -4,6 +4,7 @@ from moopt.balancers.base import Balancer
 from moopt.balancers.coarse_to_fine import CoarseToFineBalancer
 from moopt.balancers.eq_qp import EqQPBalancer
 from moopt.balancers.mgda import MGDABalancer
+from moopt.balancers.target import TargetBalancer
 from moopt.balancers.weighted_sum import WeightedSumBalancer
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "CoarseToFineBalancer",
     "EqQPBalancer",
     "MGDABalancer",
+    "TargetBalancer",
     "WeightedSumBalancer",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from numpy.typing import ArrayLike
 
@@ -47,8 +47,8 @@ class Balancer(abc.ABC):
         skipped.
     """
 
-    requires_gram: ClassVar[bool]
-    requires_update: ClassVar[bool] = False
+    requires_gram: bool
+    requires_update: bool = False
 
     @property
     def num_objectives(self) -> int | None:

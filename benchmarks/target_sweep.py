@@ -1,0 +1,254 @@
+"""PSNR at equal rate: every balancer holding the same rate targets (``--target-bpp``).
+
+Protocol (constants below):
+
+* codec: the demo size of ``python -m moopt_lic.train`` (``mbt2018-mean``, N 64, M 96);
+  random 64 × 64 crops of ``../shared/data/train`` (4 photos held out for validation),
+  batch 8, Adam lr 1e-3 with cosine decay, ``SCRATCH_STEPS`` steps;
+* rate targets 0.15, 0.3 and 0.6 bpp (``TARGETS``), λ = 0.013 (only the starting trade-off
+  under a target); seeds paired: a seed fixes the initial weights, data order, crops and
+  noise of every arm;
+* from scratch, each holding the target: the weighted sum (``ws``) and coarse-to-fine
+  (``c2f``, the released settings);
+* fine-tuning of the ``ws`` checkpoint at the same target for ``FINETUNE_STEPS`` steps at
+  lr 5e-5, constant (the paper's recipe), each holding the target: the weighted sum
+  continued (``ws+``, the control: equal total steps), EqQP (``eq-qp``), MGDA (``mgda``) and
+  EqQP on the latent's Gram (``eq-qp-f``);
+* evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used
+  for any choice).
+
+Reported (``benchmarks/results/target_sweep.md``): per run the rate achieved in training
+(mean of the last 10 % of steps), the real-coded bpp and PSNR, the effective λ and the
+training time; per target the PSNR of each arm at (nearly) equal rate, and its difference to
+the arm it should be compared with (``ws`` for ``c2f``, ``ws+`` for the fine-tunes).
+
+Runs are resumable: finished runs are skipped, unfinished ones continue from their last
+checkpoint, so the script can be started again after an interruption. About 50 minutes on
+2 CPU cores per seed.
+
+    python benchmarks/target_sweep.py                 # seed 0; then the table
+    python benchmarks/target_sweep.py --seeds 0 1     # paired seeds
+    python benchmarks/target_sweep.py --report        # the table from what is finished
+    python benchmarks/target_sweep.py --arms ws c2f   # only the runs from scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reproduce_rd import DATA, ROOT, divergence, train_to_end
+
+TARGETS = (0.15, 0.3, 0.6)
+LAMBDA = 0.013
+SCRATCH_STEPS = 1500
+FINETUNE_STEPS = 500
+FINETUNE_LR = 5e-5
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How an arm trains: its balancer, and whether it fine-tunes the ``ws`` checkpoint."""
+
+    balancer: str
+    finetune: bool = False
+    features: bool = False
+
+
+ARMS = {
+    "ws": Arm("weighted-sum"),
+    "c2f": Arm("coarse-to-fine"),
+    "ws+": Arm("weighted-sum", finetune=True),
+    "eq-qp": Arm("eq-qp", finetune=True),
+    "mgda": Arm("mgda", finetune=True),
+    "eq-qp-f": Arm("eq-qp", finetune=True, features=True),
+}
+#: The arm each arm's PSNR is compared with: equal steps, same start.
+CONTROL = {"c2f": "ws", "eq-qp": "ws+", "mgda": "ws+", "eq-qp-f": "ws+"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One arm at one rate target and seed."""
+
+    arm: str
+    target: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.replace('+', 'plus')}-t{self.target}-s{self.seed}"
+
+    @property
+    def source(self) -> Run | None:
+        return Run("ws", self.target, self.seed) if ARMS[self.arm].finetune else None
+
+
+def config_for(run: Run, out: Path) -> dict:
+    arm = ARMS[run.arm]
+    values = dict(
+        dataset=str(DATA / "train"),
+        holdout=4,
+        lmbda=LAMBDA,
+        target_bpp=run.target,
+        seed=run.seed,
+        device="cpu",
+        threads=1,
+        progress=False,
+        final_eval=False,
+        out=str(out / run.name),
+        checkpoint_every=250,
+        eval_every=250,
+        log_every=25,
+        balancer=arm.balancer,
+        features=arm.features,
+    )
+    if run.source is None:
+        return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
+    return {
+        **values,
+        "steps": FINETUNE_STEPS,
+        "lr": FINETUNE_LR,
+        "lr_schedule": "constant",
+        "init_from": str(out / run.source.name / "checkpoint.pt"),
+    }
+
+
+def train_and_code(run: Run, out: Path) -> str:
+    """Train (or resume, or skip) one run, then code the evaluation photos once (a worker)."""
+    import torch
+
+    from moopt_lic.data import ImageSet
+    from moopt_lic.evaluate import evaluate_checkpoint, summarize
+
+    train_to_end(config_for(run, out))
+    folder = out / run.name
+    result = folder / "evaluation.json"
+    if divergence(folder) is None and not result.exists():
+        torch.set_num_threads(1)
+        images = ImageSet.from_folder(DATA / "eval")
+        rows = evaluate_checkpoint(folder / "checkpoint.pt", images, torch.device("cpu"))
+        means, worst = summarize(rows)
+        values = {
+            "bpp": means["bpp"],
+            "psnr": means["psnr-rgb"],
+            "decode_mismatch": worst.decode_mismatch,
+        }
+        result.write_text(json.dumps(values, indent=2) + "\n")
+    return run.name
+
+
+def work(runs: list[Run], out: Path, jobs: int) -> None:
+    """Run everything, ``jobs`` at a time; a fine-tune starts when its source is done."""
+    pending = list(runs)
+    done: set[Run] = set()
+    running: dict[Future[str], Run] = {}
+    # one process per run: each imports the code as it is when the run starts
+    with ProcessPoolExecutor(jobs, get_context("spawn"), max_tasks_per_child=1) as pool:
+        while pending or running:
+            ready = [r for r in pending if r.source is None or r.source in done]
+            for run in ready[: jobs - len(running)]:
+                pending.remove(run)
+                running[pool.submit(train_and_code, run, out)] = run
+                print(f"{run.name}: started", flush=True)
+            if not running:
+                break  # fine-tunes whose source failed
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                future.result()
+                done.add(run)
+                print(f"{run.name}: done", flush=True)
+
+
+def row_of(run: Run, out: Path) -> dict | None:
+    folder = out / run.name
+    if (error := divergence(folder)) is not None:
+        return {"diverged": error}
+    metrics_file, coded_file = folder / "metrics.json", folder / "evaluation.json"
+    if not (metrics_file.exists() and coded_file.exists()):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    return {
+        "achieved": metrics["target"]["achieved"],
+        "effective_lambda": metrics["effective_lambda"],
+        "seconds": metrics["train_seconds"],
+        **json.loads(coded_file.read_text()),
+    }
+
+
+def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
+    lines = [
+        "| arm | target bpp | seed | training bpp | coded bpp | PSNR (dB) | effective λ | "
+        "train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = {run: row_of(run, out) for run in runs}
+    for run, row in rows.items():
+        if row is None:
+            lines.append(f"| {run.arm} | {run.target} | {run.seed} | not finished | | | | |")
+        elif "diverged" in row:
+            lines.append(f"| {run.arm} | {run.target} | {run.seed} | diverged | | | | |")
+        else:
+            lines.append(
+                f"| {run.arm} | {run.target} | {run.seed} | {row['achieved']:.3f} | "
+                f"{row['bpp']:.3f} | {row['psnr']:.2f} | {row['effective_lambda']:.3g} | "
+                f"{row['seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        f"PSNR at equal rate (mean over seeds {', '.join(map(str, seeds))}; Δ against the "
+        "arm with the same start and steps):",
+        "",
+        "| target bpp | " + " | ".join(ARMS) + " |",
+        "|---|" + "---|" * len(ARMS),
+    ]
+    for target in TARGETS:
+        cells = []
+        for arm in ARMS:
+            psnr = _mean_psnr(rows, arm, target, seeds)
+            control = _mean_psnr(rows, CONTROL[arm], target, seeds) if arm in CONTROL else None
+            if psnr is None:
+                cells.append("–")
+            elif control is None:
+                cells.append(f"{psnr:.2f}")
+            else:
+                cells.append(f"{psnr:.2f} ({psnr - control:+.2f})")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_psnr(rows: dict, arm: str, target: float, seeds: list[int]) -> float | None:
+    values = [rows.get(Run(arm, target, seed)) for seed in seeds]
+    if any(v is None or "diverged" in v for v in values):
+        return None
+    return statistics.mean(v["psnr"] for v in values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, 1 thread each")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target_sweep")
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    args = parser.parse_args()
+    runs = [Run(arm, t, seed) for seed in args.seeds for arm in args.arms for t in TARGETS]
+    if not args.report:
+        work(runs, args.out, args.jobs)
+    text = report(runs, args.out, args.seeds)
+    print(text)
+    result = ROOT / "benchmarks" / "results" / "target_sweep.md"
+    result.write_text(f"Command: `python benchmarks/target_sweep.py`\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

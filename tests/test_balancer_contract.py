@@ -33,9 +33,6 @@ FACTORIES = {
     "target-eq-qp": lambda: TargetBalancer(EqQPBalancer(), [None, None, 2.0]),
     "target-mgda": lambda: TargetBalancer(MGDABalancer("loss"), {0: 1.0, 2: 1.5}, num_objectives=K),
 }
-#: Balancers whose weights need not sum to 1: fixed weights, and targets, which keep the
-#: base's Σ|w| (a Gram-based base's weights may then have mixed signs).
-NOT_NORMALISED = {"weighted-sum", "target-weighted-sum", "target-eq-qp", "target-mgda"}
 balancer_names = pytest.mark.parametrize("name", sorted(FACTORIES))
 
 
@@ -75,11 +72,11 @@ def _assert_plain(value) -> None:
 
 @balancer_names
 def test_weights_are_float64_and_sum_to_one(name):
-    """weights() returns float64 of shape (k,); all but the weighted sum sum to 1."""
+    """weights() returns float64 of shape (k,), summing to 1 where the class declares it."""
     balancer = FACTORIES[name]()
     for losses, gram, new_losses in _trajectory(0):
         weights = balancer.weights(losses, gram)
-        assert_valid_weights(weights, K, sums_to_one=name not in NOT_NORMALISED)
+        assert_valid_weights(weights, K, sums_to_one=balancer.weights_sum_to_one)
         balancer.update(new_losses)
 
 
@@ -158,6 +155,14 @@ def test_update_does_not_change_stateless_balancers(name):
     before = balancer.weights(losses, gram)
     balancer.update(new_losses)
     np.testing.assert_array_equal(balancer.weights(losses, gram), before)
+
+
+def test_declared_sums():
+    """Which balancers declare weights that sum to 1 (the contract test holds them to it)."""
+    assert not WeightedSumBalancer.weights_sum_to_one
+    assert not TargetBalancer(EqQPBalancer(), [1.0, None]).weights_sum_to_one
+    for name in ("mgda", "eq-qp", "coarse-to-fine-adam"):
+        assert FACTORIES[name]().weights_sum_to_one
 
 
 def test_requires_gram_flags():

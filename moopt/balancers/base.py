@@ -30,8 +30,8 @@ class Balancer(abc.ABC):
     ```
 
     The weights apply to the *raw* objective gradients ``∇L_i``: the update direction is
-    ``d = Σ_i w_i ∇L_i``. Every balancer except [`WeightedSumBalancer`][moopt.WeightedSumBalancer]
-    returns weights that sum to 1. Inputs are validated before any work; a bad input raises
+    ``d = Σ_i w_i ∇L_i``; they sum to 1 where the class declares ``weights_sum_to_one``
+    (all but fixed weights and targets). Inputs are validated before any work; a bad input raises
     [`TypeError`](https://docs.python.org/3/library/exceptions.html#TypeError) or
     [`ValueError`](https://docs.python.org/3/library/exceptions.html#ValueError) naming the
     argument.
@@ -41,6 +41,9 @@ class Balancer(abc.ABC):
     requires_gram : bool
         Whether [`weights`][moopt.Balancer.weights] needs the ``k × k`` Gram matrix
         ``Q_ij = ∇L_iᵀ∇L_j`` (and so all k gradients) or only the k loss values.
+    weights_sum_to_one : bool
+        Whether the weights always sum to 1 (a convex or affine combination of the raw
+        gradients); false for fixed weights and for targets, which keep the base's ``Σ|w|``.
     requires_update : bool
         Whether [`update`][moopt.Balancer.update] learns from the post-step losses (the
         coarse-to-fine balancer); when false, the extra forward pass that computes them can be
@@ -49,6 +52,7 @@ class Balancer(abc.ABC):
 
     requires_gram: bool
     requires_update: bool = False
+    weights_sum_to_one: bool = True
 
     @property
     def num_objectives(self) -> int | None:

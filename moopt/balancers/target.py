@@ -225,6 +225,8 @@ class TargetBalancer(Balancer):
         self.base = base
         self.requires_gram = base.requires_gram
         self.requires_update = base.requires_update
+        # a tilt keeps Σ|w| and a Gram-based base's steered weights may have mixed signs
+        self.weights_sum_to_one = False
         self.gain = as_nonnegative_scalar(gain, "gain")
         self.integral_gain = as_nonnegative_scalar(integral_gain, "integral_gain")
         self.smoothing = _as_fraction(smoothing, "smoothing")

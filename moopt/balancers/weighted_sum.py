@@ -44,6 +44,7 @@ class WeightedSumBalancer(Balancer):
     """
 
     requires_gram = False
+    weights_sum_to_one = False
 
     def __init__(self, weights: ArrayLike) -> None:
         self._fixed = _as_fixed_weights(weights)

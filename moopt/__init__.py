@@ -10,9 +10,13 @@ and never imports a deep-learning framework; [`moopt.pytorch`][moopt.pytorch] is
 from moopt.balancers import (
     Balancer,
     CoarseToFineBalancer,
+    DWABalancer,
     EqQPBalancer,
     MGDABalancer,
+    RLWBalancer,
+    STCHBalancer,
     TargetBalancer,
+    UncertaintyBalancer,
     WeightedSumBalancer,
 )
 from moopt.objectives import CallableObjective, Objective
@@ -22,10 +26,14 @@ __all__ = [
     "Balancer",
     "CallableObjective",
     "CoarseToFineBalancer",
+    "DWABalancer",
     "EqQPBalancer",
     "MGDABalancer",
     "Objective",
+    "RLWBalancer",
+    "STCHBalancer",
     "TargetBalancer",
+    "UncertaintyBalancer",
     "WeightedSumBalancer",
     "eq_qp_weights",
     "mgda_weights",

@@ -11,9 +11,13 @@ from strategies import gradient_cases, permutation_seeds, random_permutation
 from moopt import (
     Balancer,
     CoarseToFineBalancer,
+    DWABalancer,
     EqQPBalancer,
     MGDABalancer,
+    RLWBalancer,
+    STCHBalancer,
     TargetBalancer,
+    UncertaintyBalancer,
     WeightedSumBalancer,
 )
 
@@ -32,6 +36,17 @@ FACTORIES = {
     "target-coarse-to-fine": lambda: TargetBalancer(CoarseToFineBalancer(K), [1.0, None, None]),
     "target-eq-qp": lambda: TargetBalancer(EqQPBalancer(), [None, None, 2.0]),
     "target-mgda": lambda: TargetBalancer(MGDABalancer("loss"), {0: 1.0, 2: 1.5}, num_objectives=K),
+    "dwa": lambda: DWABalancer(),
+    "dwa-t1": lambda: DWABalancer(temperature=1.0, num_objectives=K),
+    "uncertainty": lambda: UncertaintyBalancer(),
+    "uncertainty-raw": lambda: UncertaintyBalancer(ema_decay=0.0),
+    "rlw": lambda: RLWBalancer(),
+    "rlw-seed": lambda: RLWBalancer(seed=7, num_objectives=K),
+    "stch": lambda: STCHBalancer(),
+    "stch-running-min": lambda: STCHBalancer([1.0, 2.0, 0.5], mu=0.5, ideal_point="running_min"),
+    "target-dwa": lambda: TargetBalancer(DWABalancer(), [None, 1.0, None]),
+    "target-uncertainty": lambda: TargetBalancer(UncertaintyBalancer(), [1.0, None, None]),
+    "target-stch": lambda: TargetBalancer(STCHBalancer(), {1: 1.0}, num_objectives=K),
 }
 balancer_names = pytest.mark.parametrize("name", sorted(FACTORIES))
 

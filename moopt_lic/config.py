@@ -337,13 +337,35 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Inverse of [`to_dict`][moopt_lic.config.TrainConfig.to_dict].
 
-        Unknown keys are an error.
+        Raises
+        ------
+        InputError
+            For a non-dict, unknown keys, or a value not of its field's type.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        if not isinstance(values, dict):
+            raise InputError(f"the configuration is a {type(values).__name__}, not a dict")
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        unknown = sorted(str(key) for key in set(values) - set(kinds))
         if unknown:
             raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
+        for name, value in values.items():
+            if not _has_kind(value, kinds[name]):
+                raise InputError(f"configuration {name!r} is {value!r}, not of type {kinds[name]}")
         return cls(**values)
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    """Whether ``value`` fits a field annotated ``kind`` (``"float | None"``, ...)."""
+    options = {option.strip() for option in kind.split("|")}
+    if value is None:
+        return "None" in options
+    if isinstance(value, bool):
+        return "bool" in options
+    if isinstance(value, int):
+        return bool(options & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in options
+    return isinstance(value, str) and "str" in options
 
 
 def _flag(name: str) -> str:

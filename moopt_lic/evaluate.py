@@ -66,8 +66,11 @@ def evaluate_checkpoint(
 ) -> list[ImageResult]:
     """Code every image of ``images`` with the codec in checkpoint ``path``."""
     checkpoint = read_checkpoint(path)  # read once: the model and its padding multiple
-    model = model_from_checkpoint(checkpoint, device)
-    multiple = ModelSpec(**checkpoint["model_spec"]).downsampling
+    try:
+        model = model_from_checkpoint(checkpoint, device)
+        multiple = ModelSpec.from_dict(checkpoint["model_spec"]).downsampling
+    except InputError as error:
+        raise InputError(f"checkpoint {str(path)!r}: {error}") from None
     results = []
     with torch.no_grad():
         for index in range(len(images)):

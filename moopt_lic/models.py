@@ -25,6 +25,7 @@ from compressai.models import (
 )
 from compressai.zoo.image import cfgs
 
+from moopt_lic.checkpoint import FORMAT, load_safely
 from moopt_lic.errors import InputError
 
 __all__ = [
@@ -115,6 +116,33 @@ class ModelSpec:
         """Plain values, for a checkpoint."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: Any) -> ModelSpec:
+        """Inverse of [`to_dict`][moopt_lic.ModelSpec.to_dict], checked.
+
+        Raises
+        ------
+        InputError
+            If ``values`` is not a dict of the known keys with values of their types, or
+            names no valid codec.
+        """
+        if not isinstance(values, dict):
+            raise InputError(f"model_spec is a {type(values).__name__}, not a dict")
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(str(key) for key in set(values) - set(known))
+        if unknown:
+            raise InputError(
+                f"model_spec has unknown key(s) {', '.join(map(repr, unknown))} "
+                f"(allowed: {', '.join(known)})"
+            )
+        if not isinstance(values.get("name"), str):
+            raise InputError(f"model_spec 'name' must be a string, got {values.get('name')!r}")
+        for key in ("quality", "N", "M"):
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"model_spec {key!r} must be an integer or None, got {value!r}")
+        return cls(**values)
+
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
     """Build a freshly initialised codec (no pretrained weights are ever downloaded)."""
@@ -156,32 +184,49 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     Raises
     ------
     InputError
-        If the file is missing or is not a moopt_lic checkpoint.
+        If the file is missing, unsafe, malformed or not a moopt_lic checkpoint, or its
+        codec cannot be rebuilt (one line naming the file and what is wrong).
     """
-    return model_from_checkpoint(read_checkpoint(path), device)
+    try:
+        return model_from_checkpoint(read_checkpoint(path), device)
+    except InputError as error:
+        if str(path) in str(error):
+            raise
+        raise InputError(f"checkpoint {str(path)!r}: {error}") from None
 
 
 def model_from_checkpoint(
     checkpoint: dict[str, Any], device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
     """Rebuild the codec of an already read checkpoint; see [`load_model`][moopt_lic.load_model]."""
-    spec = ModelSpec(**checkpoint["model_spec"])
+    spec = ModelSpec.from_dict(checkpoint["model_spec"])
     model = build_model(spec)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise InputError(f"its weights do not fit {spec}: {first}") from None
     model.to(device).eval()
     model.update(force=True)  # type: ignore[operator]
     return model
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU, with a clear error for a missing or foreign file."""
+    """Load a checkpoint dict on the CPU, safely, and check its common entries.
+
+    The load builds tensors and plain Python values only (see
+    [`moopt_lic.checkpoint`][moopt_lic.checkpoint]).
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong: missing, corrupt, holding anything but
+        tensors and plain values (a format-1 checkpoint gets the command that converts it),
+        not a moopt_lic checkpoint, or malformed (``model`` not a dict of tensors, a
+        ``model_spec`` with unknown keys, ...).
+    """
     file = Path(path)
-    if not file.is_file():
-        raise InputError(f"checkpoint {str(file)!r} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise InputError(f"cannot read checkpoint {str(file)!r}: {error}") from None
+    checkpoint = load_safely(file)
     if (
         not isinstance(checkpoint, dict)
         or "model" not in checkpoint
@@ -190,4 +235,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(
             f"{str(file)!r} is not a moopt_lic checkpoint (it needs 'model' and 'model_spec')"
         )
+    problem = _malformed(checkpoint)
+    if problem:
+        raise InputError(f"checkpoint {str(file)!r} is malformed: {problem}")
     return checkpoint
+
+
+def _malformed(checkpoint: dict[str, Any]) -> str | None:
+    """Return what is wrong with a checkpoint's common entries, or None."""
+    version = checkpoint.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"'format' is {version!r}, not an integer"
+    if version > FORMAT:
+        return f"it has format {version}, newer than this moopt_lic's {FORMAT} (upgrade moopt)"
+    weights = checkpoint["model"]
+    if not isinstance(weights, dict):
+        return f"'model' is a {type(weights).__name__}, not a state dict"
+    for name, value in weights.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            return f"'model' entry {name!r} is a {type(value).__name__}, not a tensor"
+    step = checkpoint.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'step' is {step!r}, not a step number"
+    try:
+        ModelSpec.from_dict(checkpoint["model_spec"])
+    except InputError as error:
+        return str(error)
+    return None

@@ -43,7 +43,7 @@ from moopt import (
     WeightedSumBalancer,
 )
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
-from moopt_lic.checkpoint import atomic_save, capture_rng_state, restore_rng_state
+from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig
 from moopt_lic.data import (
@@ -61,7 +61,14 @@ from moopt_lic.noise import per_sample_noise
 from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
 from moopt_lic.targets import Target, TargetHistory, target_of
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_balancer", "train"]
+__all__ = [
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_balancer",
+    "resume_state",
+    "train",
+]
 
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
@@ -483,9 +490,13 @@ class Trainer:
 
     # ------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """Return the checkpoint: ``"model"`` is the model's ``state_dict``; the rest resumes."""
+        """Return the checkpoint: ``"model"`` is the model's ``state_dict``; the rest resumes.
+
+        Every value is a tensor or a plain Python value, so that the file loads with
+        ``torch.load(..., weights_only=True)`` (the balancer's NumPy arrays become lists).
+        """
         return {
-            "format": 1,
+            "format": FORMAT,
             "model": self.model.state_dict(),
             "model_spec": self.spec.to_dict(),
             "config": self.config.to_dict(),
@@ -494,11 +505,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "balancer": self.balancer.state_dict(),
+            "balancer": plain(self.balancer.state_dict()),
             "rng": capture_rng_state(),
-            "best": self.best,
+            "best": plain(self.best),
             "elapsed": self.elapsed,
-            "recent_effective_lambda": self.recent_effective_lambda,
+            "recent_effective_lambda": [float(v) for v in self.recent_effective_lambda],
             "target_losses": None if self.target_history is None else self.target_history.losses,
             "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
@@ -509,19 +520,32 @@ class Trainer:
         atomic_save(self.state(), path)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.balancer.load_state_dict(state["balancer"])
-        restore_rng_state(state["rng"])
+        """Continue from a checkpoint read by [`resume_state`][moopt_lic.trainer.resume_state]."""
+        where = f"checkpoint {str(self.out / CHECKPOINT)!r}"
+        parts = [
+            ("model", self.model.load_state_dict),
+            ("optimizer", self.optimizer.load_state_dict),
+            ("aux_optimizer", self.aux_optimizer.load_state_dict),
+            ("scheduler", self.scheduler.load_state_dict),
+            ("balancer", self.balancer.load_state_dict),
+            ("rng", restore_rng_state),
+        ]
+        for key, load in parts:
+            try:
+                load(state[key])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
+                raise InputError(f"{where}: its {key!r} does not fit this run: {first}") from None
         self.step = int(state["step"])
         self.best = state["best"]
         self.elapsed = float(state["elapsed"])
-        self.recent_effective_lambda = list(state.get("recent_effective_lambda", []))
-        self.warned_lambda = bool(state.get("warned_lambda", False))
+        self.recent_effective_lambda = [float(v) for v in state["recent_effective_lambda"]]
+        self.warned_lambda = bool(state["warned_lambda"])
         if self.target_history is not None:
-            self.target_history.losses = [float(v) for v in state["target_losses"]]
+            losses = state["target_losses"]
+            if not isinstance(losses, list):
+                raise InputError(f"{where}: its 'target_losses' is {losses!r}, not a list")
+            self.target_history.losses = [float(v) for v in losses]
 
     def _load_initial_weights(self, path: str) -> None:
         checkpoint = read_checkpoint(path) if Path(path).is_file() else None
@@ -545,7 +569,7 @@ class Trainer:
             "processes": self.processes.world,
             "lambda": self.config.lmbda,
             "effective_lambda": float(np.mean(self.recent_effective_lambda or [math.nan])),
-            "balancer_state": _plain(self.balancer.state_dict()),
+            "balancer_state": plain(self.balancer.state_dict()),
             "best_validation": self.best,
             "config": self.config.to_dict(),
         }
@@ -657,17 +681,6 @@ def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
     return math.inf if w_rate == 0 else lmbda * w_distortion / w_rate
 
 
-def _plain(value: Any) -> Any:
-    """NumPy values as JSON-friendly Python values."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train a codec as ``config`` says; resume when ``config.resume`` is set.
 
@@ -699,21 +712,77 @@ def train(config: TrainConfig) -> TrainResult:
             teardown()
 
 
+#: What a resumable checkpoint holds besides ``model`` and ``model_spec``, and of which type.
+RESUME_ENTRIES: dict[str, tuple[type, ...]] = {
+    "config": (dict,),
+    "step": (int,),
+    "total_steps": (int,),
+    "optimizer": (dict,),
+    "aux_optimizer": (dict,),
+    "scheduler": (dict,),
+    "balancer": (dict,),
+    "rng": (dict,),
+    "elapsed": (int, float),
+    "best": (dict, type(None)),
+}
+#: Entries added after the first checkpoint format, with the value a run without them had.
+RESUME_DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "recent_effective_lambda": ((list,), []),
+    "warned_lambda": ((bool,), False),
+    "target_losses": ((list, type(None)), None),
+    "processes": ((int,), 1),
+}
+
+
+def resume_state(path: Path) -> dict[str, Any]:
+    """Read a checkpoint to resume from: safely, every entry present and of its type.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong (see
+        [`read_checkpoint`][moopt_lic.models.read_checkpoint]; also a missing or mistyped
+        entry, or a configuration that is not a valid one).
+    """
+    state = read_checkpoint(path)
+    where = f"checkpoint {str(path)!r}"
+    missing = [key for key in RESUME_ENTRIES if key not in state]
+    if missing:
+        raise InputError(
+            f"{where} cannot be resumed: it has no {', '.join(map(repr, missing))} (it holds "
+            f"model weights only); start a new run from them with --init-from {str(path)!r}"
+        )
+    for key, (_, default) in RESUME_DEFAULTS.items():
+        state.setdefault(key, default)
+    for key, kinds in {**RESUME_ENTRIES, **{k: v[0] for k, v in RESUME_DEFAULTS.items()}}.items():
+        value = state[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise InputError(
+                f"{where} is malformed: {key!r} is a {type(value).__name__}, not {names}"
+            )
+    try:
+        state["config"] = TrainConfig.from_dict(state["config"])
+    except InputError as error:
+        raise InputError(f"{where} is malformed: {error}") from None
+    return state
+
+
 def _train(config: TrainConfig, processes: Processes, device: torch.device) -> TrainResult:
     if config.resume:
         if config.out is None:
             raise InputError("--resume needs --out: the folder of the run to continue")
         out = Path(config.out)
-        state = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
-        if state is None:
+        if not (out / CHECKPOINT).exists():
             raise InputError(f"--resume: {str(out / CHECKPOINT)!r} does not exist")
-        if state.get("processes", 1) != processes.world:
+        state = resume_state(out / CHECKPOINT)
+        if state["processes"] != processes.world:
             raise InputError(
-                f"--resume: the run in {str(out)!r} was trained by {state.get('processes', 1)} "
+                f"--resume: the run in {str(out)!r} was trained by {state['processes']} "
                 f"process(es), not {processes.world}; resume it with as many (torchrun "
                 f"--nproc_per_node), or the data order would change"
             )
-        saved = state["config"]
+        saved = state["config"].to_dict()
         saved.update({name: getattr(config, name) for name in RUNTIME_FIELDS})
         config = TrainConfig.from_dict(saved)
         trainer = Trainer(config, out, state, processes, device)

@@ -94,7 +94,7 @@ def test_a_target_run_reports_and_logs_it(tiny_config, balancer):
     events.Reload()
     for tag in ("target/control", "target/log_error"):
         assert [e.step for e in events.Scalars(tag)] == [2, 4, 6, 8, 10]
-    best = torch.load(Path(config.out) / "checkpoint_best.pt", weights_only=False)["best"]
+    best = torch.load(Path(config.out) / "checkpoint_best.pt", weights_only=True)["best"]
     assert {"holds_target", "target_error", "distortion"} <= set(best)
 
 
@@ -140,8 +140,8 @@ def test_resume_with_a_target_is_exact(tiny_config, tmp_path):
         trainer.train_step(x, seeds)
         trainer.save(Path(part.out) / "checkpoint.pt")
     resumed = train(tiny_config(out=str(tmp_path / "b"), resume=True))
-    left = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    right = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    left = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    right = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for name, value in left["model"].items():
         assert torch.equal(value, right["model"][name]), name
     assert left["target_losses"] == right["target_losses"]

@@ -94,7 +94,7 @@ def test_outputs_and_logged_effective_lambda(tiny_config):
 
 def test_load_model_rebuilds_the_trained_model(tiny_config):
     result = train(tiny_config(steps=3))
-    checkpoint = torch.load(result.out / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(result.out / "checkpoint.pt", weights_only=True)
     model = load_model(result.out / "checkpoint.pt")
     parameters = dict(model.named_parameters())  # buffers: CDF tables rebuilt by update()
     assert parameters and not model.training
@@ -137,8 +137,8 @@ def test_in_process_resume_is_exact(tiny_config, tmp_path):
 
 
 def _assert_same_parameters(a, b):
-    left = torch.load(Path(a) / "checkpoint.pt", weights_only=False)
-    right = torch.load(Path(b) / "checkpoint.pt", weights_only=False)
+    left = torch.load(Path(a) / "checkpoint.pt", weights_only=True)
+    right = torch.load(Path(b) / "checkpoint.pt", weights_only=True)
     assert left["step"] == right["step"]
     for name, value in left["model"].items():
         assert torch.equal(value, right["model"][name]), name
@@ -180,12 +180,12 @@ def test_sigkill_and_resume_is_bit_identical(test_images, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         checkpoint = killed / "checkpoint.pt"
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 6:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["step"] >= 6:
             break
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=False)["step"]
+    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
     assert 6 <= step_at_kill < 14
     resumed = subprocess.run(
         [sys.executable, "-m", "moopt_lic.train", "--resume", "-o", str(killed), "--no-progress"],
@@ -209,7 +209,7 @@ def test_nan_loss_stops_naming_step_and_objective(tiny_config, monkeypatch):
     config = tiny_config(balancer="weighted-sum", steps=5, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match=r"step 3: loss 'distortion' is nan"):
         train(config)
-    saved = torch.load(Path(config.out) / "checkpoint.pt", weights_only=False)
+    saved = torch.load(Path(config.out) / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 2  # the last good state is kept
 
 
@@ -236,7 +236,7 @@ def test_init_from_starts_from_those_weights(tiny_config, tmp_path):
         seed=7,
     )
     trainer = Trainer(config, Path(config.out), None)
-    expected = torch.load(source.out / "checkpoint.pt", weights_only=False)["model"]
+    expected = torch.load(source.out / "checkpoint.pt", weights_only=True)["model"]
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, expected[name]), name
     wrong = tiny_config(

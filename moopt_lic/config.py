@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -27,6 +28,9 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "flags_markdown",
+    "resume_conflicts",
+    "set_fields",
+    "typed_flags",
 ]
 
 #: Steps of a run that gives neither ``--steps`` nor ``--epochs`` (the built-in demo).
@@ -40,10 +44,13 @@ DEMO_TARGET_BPP = 0.3
 BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
 
 
-#: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
-#: (``threads`` is not one: another thread count changes the order of float sums, and the
-#: resumed run would no longer be bit-identical.)
 RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
+"""Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
+
+They may differ from the run's: they change where and how visibly it runs, not what it
+computes. Every other flag given with ``--resume`` must have the run's value. (``threads``
+is not one: another thread count changes the order of float sums, and the resumed run would
+no longer be bit-identical.)"""
 
 
 def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
@@ -237,7 +244,11 @@ class TrainConfig:
     )
     resume: bool = field(
         default=False,
-        metadata=_opt("continue the run in --out exactly where its last checkpoint left it"),
+        metadata=_opt(
+            "continue the run in --out exactly where its last checkpoint left it; other flags "
+            "given must have the run's values (--device, --workers, --progress and "
+            "--dist-timeout may differ), so the command that started it works"
+        ),
     )
     checkpoint_every: int = field(default=200, metadata=_opt("write checkpoint.pt every n steps"))
     eval_every: int = field(
@@ -433,29 +444,69 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     The configuration is a [`TrainConfig`][moopt_lic.TrainConfig].
     """
     args = build_parser().parse_args(argv)
-    if args.resume:
-        _check_resume_flags(argv)
     config = TrainConfig(**vars(args))
     config.validate()
     return config
 
 
-def _check_resume_flags(argv: Sequence[str] | None) -> None:
-    """``--resume`` with a setting of the run (``--steps``, ``--lambda``…) is an input error.
+def typed_flags(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """Return the fields a command line sets, each with its flag as typed.
 
-    The resumed run takes its settings from its checkpoint; accepting other values on the
-    command line and ignoring them would mislead.
+    ``["-m", "x", "--lambda", "0.1"]`` gives ``{"model": "-m", "lmbda": "--lambda"}``; a flag
+    typed in a form not found verbatim (an abbreviation) gets its long name.
     """
+    tokens = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    given = vars(parser.parse_args(argv))
-    ignored = sorted(set(given) - set(RUNTIME_FIELDS))
-    if ignored:
-        flags = ", ".join("--" + _flag(name) for name in ignored)
-        allowed = ", ".join("--" + _flag(name) for name in RUNTIME_FIELDS if name != "resume")
-        raise InputError(
-            f"--resume continues the run with the settings saved in its checkpoint; {flags} "
-            f"cannot change them (with --resume give only {allowed}). To train on with other "
-            f"settings, start a new run from its weights: --init-from OUT/checkpoint.pt"
-        )
+    given = vars(parser.parse_args(tokens))
+    options = {option: a.dest for a in parser._actions for option in a.option_strings}
+    typed: dict[str, str] = {}
+    for token in tokens:
+        if token == "--":
+            break
+        option = token.split("=", 1)[0]
+        if options.get(option) in given:
+            typed[options[option]] = option
+    for name in given:
+        typed.setdefault(name, "--" + _flag(name))
+    return typed
+
+
+def set_fields(config: TrainConfig) -> dict[str, str]:
+    """Return the fields of ``config`` that differ from their defaults, with their flags.
+
+    What a Python caller of [`train`][moopt_lic.trainer.train] "typed".
+    """
+    return {
+        f.name: "--" + _flag(f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != f.default
+    }
+
+
+def resume_conflicts(saved: TrainConfig, new: TrainConfig, typed: dict[str, str]) -> list[str]:
+    """Return ``--flag old → new`` for each typed setting that differs from the saved run's.
+
+    The ``RUNTIME_FIELDS`` may differ and are not listed.
+    """
+    conflicts = []
+    for name, flag in typed.items():
+        if name in RUNTIME_FIELDS:
+            continue
+        old, value = getattr(saved, name), getattr(new, name)
+        if old == value:
+            continue
+        if isinstance(old, bool):
+            conflicts.append(f"{_bool_flag(name, old)} → {_bool_flag(name, value)}")
+        else:
+            conflicts.append(f"{flag} {_shown(old)} → {_shown(value)}")
+    return conflicts
+
+
+def _bool_flag(name: str, value: Any) -> str:
+    return f"--{'' if value else 'no-'}{_flag(name)}"
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)

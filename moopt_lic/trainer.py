@@ -45,7 +45,7 @@ from moopt import (
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
-from moopt_lic.config import RUNTIME_FIELDS, TrainConfig
+from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
 from moopt_lic.data import (
     BUILTIN_EVAL_PHOTOS,
     BUILTIN_TRAIN_PHOTOS,
@@ -68,6 +68,7 @@ __all__ = [
     "build_balancer",
     "resume_state",
     "train",
+    "train_with_flags",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,6 +90,8 @@ class TrainResult:
 
     out: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: True when ``resume`` found the run finished and trained nothing (metrics as saved).
+    already_finished: bool = False
 
 
 def build_balancer(config: TrainConfig) -> Balancer:
@@ -688,8 +691,12 @@ def train(config: TrainConfig) -> TrainResult:
     ----------
     config : TrainConfig
         The run. With ``resume=True`` the run saved in ``config.out`` continues with its
-        saved configuration (only the runtime fields ``device``, ``progress`` and
-        ``workers`` come from ``config``); a finished run is not trained again.
+        saved configuration: the same ``config`` that started it continues it, and so does
+        ``TrainConfig(out=..., resume=True)``. Only the runtime fields (``device``,
+        ``progress``, ``workers``, ``dist_timeout``) are taken from ``config``; any other
+        field set to something other than its default must equal the run's, or the call is
+        refused (an [`InputError`][moopt_lic.InputError] listing them, nothing written). A
+        finished run is not trained again (``already_finished`` in the result).
 
     Returns
     -------
@@ -703,10 +710,20 @@ def train(config: TrainConfig) -> TrainResult:
     TrainingDiverged
         If a loss or gradient becomes NaN/∞; ``checkpoint.pt`` keeps the last good state.
     """
+    return train_with_flags(config, None)
+
+
+def train_with_flags(config: TrainConfig, typed: dict[str, str] | None) -> TrainResult:
+    """[`train`][moopt_lic.trainer.train], with the fields the caller set and how they were typed.
+
+    ``typed`` maps field names to flags (``{"lmbda": "--lambda"}``, what the command line
+    gave); None means the fields that differ from their defaults. On ``resume`` each must
+    equal the run's.
+    """
     config.validate()
     processes, device, joined = setup(resolve_device(config.device), config.dist_timeout)
     try:
-        return _train(config, processes, device)
+        return _train(config, processes, device, set_fields(config) if typed is None else typed)
     finally:
         if joined:
             teardown()
@@ -768,7 +785,9 @@ def resume_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _train(config: TrainConfig, processes: Processes, device: torch.device) -> TrainResult:
+def _train(
+    config: TrainConfig, processes: Processes, device: torch.device, typed: dict[str, str]
+) -> TrainResult:
     if config.resume:
         if config.out is None:
             raise InputError("--resume needs --out: the folder of the run to continue")
@@ -782,12 +801,20 @@ def _train(config: TrainConfig, processes: Processes, device: torch.device) -> T
                 f"process(es), not {processes.world}; resume it with as many (torchrun "
                 f"--nproc_per_node), or the data order would change"
             )
+        conflicts = resume_conflicts(state["config"], config, typed)
+        if conflicts:
+            raise InputError(
+                f"--resume continues the run in {str(out)!r} with its own settings, and "
+                f"{', '.join(conflicts)} would change them; give the run's values (or leave "
+                f"the flags out) to continue it, or start a new run from its weights: "
+                f"--init-from {str(out / CHECKPOINT)!r} -o NEW_FOLDER"
+            )
         saved = state["config"].to_dict()
         saved.update({name: getattr(config, name) for name in RUNTIME_FIELDS})
         config = TrainConfig.from_dict(saved)
         trainer = Trainer(config, out, state, processes, device)
         if trainer.step >= trainer.total_steps and (out / METRICS).exists():
-            return TrainResult(out, json.loads((out / METRICS).read_text()))
+            return TrainResult(out, json.loads((out / METRICS).read_text()), already_finished=True)
         return TrainResult(out, trainer.run())
     out = Path(broadcast(config.out or str(_default_out(config)), processes))
     if (out / CHECKPOINT).exists():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from moopt_lic.errors import InputError
-from moopt_lic.models import MODELS, ModelSpec
+from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
 
 __all__ = [
     "BALANCERS",
@@ -103,7 +103,14 @@ class TrainConfig:
     # model
     model: str = field(
         default="mbt2018-mean",
-        metadata=_opt("CompressAI architecture by zoo name", short="-m", choices=list(MODELS)),
+        metadata=_opt(
+            f"the codec: a CompressAI zoo name ({', '.join(MODELS)}), or "
+            f"package.module:factory, a codec of your own (a callable on the Python path "
+            f"returning a compressai.models.CompressionModel, called with N=/M= when given; "
+            f"in Python the callable itself)",
+            short="-m",
+            type=lambda value: _model_argument(value),
+        ),
     )
     quality: int | None = field(
         default=None,
@@ -268,6 +275,10 @@ class TrainConfig:
         metadata=_opt("at the end, compress and decompress the evaluation images for real"),
     )
 
+    def __post_init__(self) -> None:
+        if callable(self.model) and not isinstance(self.model, str):
+            self.model = factory_name(self.model)  # a checkpoint records the name
+
     @property
     def model_spec(self) -> ModelSpec:
         """The codec to build (see [`ModelSpec`][moopt_lic.ModelSpec] for the defaults)."""
@@ -379,6 +390,16 @@ def _has_kind(value: Any, kind: str) -> bool:
     return isinstance(value, str) and "str" in options
 
 
+def _model_argument(value: str) -> str:
+    """``--model``: a zoo name or ``package.module:factory`` (imported when validated)."""
+    if value in MODELS or FACTORY.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose a zoo name: {', '.join(MODELS)}; or name a codec of "
+        f"your own as package.module:factory, a module on the Python path, not a file)"
+    )
+
+
 def _flag(name: str) -> str:
     meta = next(f.metadata for f in dataclasses.fields(TrainConfig) if f.name == name)
     return (meta.get("flag") or "--" + name.replace("_", "-")).lstrip("-")
@@ -411,7 +432,7 @@ def build_parser(prog: str = "python -m moopt_lic.train") -> argparse.ArgumentPa
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = f.default
         else:
-            kwargs["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            kwargs.setdefault("type", {"int": int, "float": float}.get(kind.split(" ")[0], str))
             kwargs["default"] = f.default
             if "str | None" in kind or "None" in kind:
                 kwargs["metavar"] = f.name.upper() if f.name not in ("N", "M") else f.name

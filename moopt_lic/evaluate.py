@@ -148,8 +148,11 @@ def evaluate(
     """
     if not checkpoints:
         raise InputError("give at least one checkpoint to evaluate")
-    for path in checkpoints:
-        read_checkpoint(path)  # every file is checked before any work
+    for path in checkpoints:  # every file and codec factory is checked before any work
+        try:
+            ModelSpec.from_dict(read_checkpoint(path)["model_spec"]).downsampling  # noqa: B018
+        except InputError as error:
+            raise InputError(f"checkpoint {str(path)!r}: {error}") from None
     images = ImageSet.from_folder(dataset)
     torch_device = resolve_device(device)
     report: dict[str, Any] = {

@@ -183,7 +183,8 @@ def _check_msssim_sizes(images: ImageSet) -> None:
 
 def _default_out(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.model}-{config.balancer}"
+    model = config.model.replace(":", "-")  # a factory's package.module:factory
+    return Path("runs") / f"{stamp}-{model}-{config.balancer}"
 
 
 class Trainer:
@@ -217,7 +218,10 @@ class Trainer:
         self.spec = config.model_spec
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
-        self.model = build_model(self.spec).to(self.device).train()
+        # a resumed run names its factory (from the checkpoint), so it says which it calls
+        announce = resume_from is not None and self.processes.is_main
+        self.model = build_model(self.spec, announce=announce)
+        self.model.to(self.device).train()
         if config.init_from and resume_from is None:
             self._load_initial_weights(config.init_from)
         self.distributed = self.processes.distributed

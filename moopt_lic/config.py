@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from moopt_lic.amp import AMP_MODES
 from moopt_lic.errors import InputError
 from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
 
@@ -226,6 +227,14 @@ class TrainConfig:
     clip_max_norm: float = field(
         default=1.0, metadata=_opt("clip the balanced gradient's norm to this (0: no clipping)")
     )
+    amp: str = field(
+        default="off",
+        metadata=_opt(
+            "mixed precision: the transforms under torch.autocast in bfloat16 or float16 "
+            "(fp16 with a GradScaler), the entropy models in float32 (see 'Mixed precision')",
+            choices=list(AMP_MODES),
+        ),
+    )
     init_from: str | None = field(
         default=None,
         metadata=_opt(
@@ -339,6 +348,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise InputError(f"--{_flag(name)} must be a finite number > 0, got {value}")
+        if self.amp not in AMP_MODES:
+            raise InputError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be ≥ 1, got {self.threads}")
 

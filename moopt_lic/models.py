@@ -310,7 +310,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: Any) -> ModelSpec:
-        """Inverse of [`to_dict`][moopt_lic.ModelSpec.to_dict], checked.
+        """Inverse of [`to_dict`][moopt_lic.models.ModelSpec.to_dict], checked.
 
         Raises
         ------

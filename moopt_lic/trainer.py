@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,7 @@ from moopt import (
     WeightedSumBalancer,
 )
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
+from moopt_lic.amp import autocast
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
@@ -78,6 +80,8 @@ METRICS = "metrics.json"
 EFFECTIVE_LAMBDA_WINDOW = 50
 #: The effective λ counts as off the user's λ outside ``[λ/this, λ·this]`` (warning and note).
 LAMBDA_TOLERANCE = 2.0
+#: ``--amp fp16``: this many skipped (overflowing) steps in a row stop the run as diverged.
+MAX_SKIPPED_IN_A_ROW = 30
 
 
 class TrainingDiverged(RuntimeError):
@@ -232,6 +236,10 @@ class Trainer:
             self.optimizer, _lr_factor(config.lr_schedule, self.total_steps)
         )
         self.balancer = build_balancer(config)
+        # float16 needs a loss scale; bfloat16 has float32's exponent range and does not
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
+        self.skipped_steps = 0  # of --amp fp16, over the run
+        self._skipped_in_a_row = 0
         self.rate, self.distortion = rd_objectives(config.lmbda, config.metric)  # type: ignore[arg-type]
         self._latent: list[torch.Tensor] = []
         if config.features:
@@ -253,10 +261,10 @@ class Trainer:
     def losses(self, x: torch.Tensor, seeds: list[int]) -> dict[str, torch.Tensor]:
         """Rate and distortion of the model on ``x`` with the samples' own noise."""
         self._latent.clear()
-        with per_sample_noise(seeds):
+        with per_sample_noise(seeds), autocast(self.device.type, self.config.amp):
             output = self.model(x)
-        batch = CodecBatch(x, output)
-        return {self.rate.name: self.rate(batch), self.distortion.name: self.distortion(batch)}
+            batch = CodecBatch(x, output)
+            return {self.rate.name: self.rate(batch), self.distortion.name: self.distortion(batch)}
 
     def train_step(self, x: torch.Tensor, seeds: list[int]) -> BalancedStep:
         """One step: balanced backward, clip, optimizer, balancer update, aux step."""
@@ -271,18 +279,29 @@ class Trainer:
                 features=self._latent[-1] if config.features else None,
                 gram_mode=config.gram_mode,  # type: ignore[arg-type]
                 distributed=self.distributed,
+                grad_scaler=self.scaler,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1}: {error}") from None
         except ValueError as error:  # the balancer refused its input, e.g. a loss ≤ its floor
             raise TrainingDiverged(f"step {self.step + 1}: the balancer stopped: {error}") from None
-        norm = self._gradient_norm()
-        if not math.isfinite(norm):
-            raise TrainingDiverged(
-                f"step {self.step + 1}: the gradient of {self._blame_gradient(x, seeds)} is "
-                f"not finite (norm {norm})"
-            )
-        self.optimizer.step()
+        if result.skipped:
+            self._skip_step()
+        else:
+            self._skipped_in_a_row = 0
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip and check the true gradient
+            norm = self._gradient_norm()
+            if not math.isfinite(norm):
+                raise TrainingDiverged(
+                    f"step {self.step + 1}: the gradient of {self._blame_gradient(x, seeds)} is "
+                    f"not finite (norm {norm})"
+                )
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         try:
             update_balancer(
                 self.balancer,
@@ -290,6 +309,7 @@ class Trainer:
                 step=self.step,
                 every=config.update_every,
                 distributed=self.distributed,
+                after=result,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1} (re-evaluation): {error}") from None
@@ -297,14 +317,34 @@ class Trainer:
         aux_loss = self.model.aux_loss()  # type: ignore[operator]
         aux_loss.backward()
         self.aux_optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped fp16 step is no misuse of the scheduler
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         self.step += 1
         self.last_aux_loss = float(aux_loss.detach())
-        self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
-        del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
+        if not result.skipped:
+            self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
+            del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
         if self.target_history is not None:
             self.target_history.record(result.losses)
         return result
+
+    def _skip_step(self) -> None:
+        """``--amp fp16``: a gradient overflowed; the scaler skips the step and lowers the scale.
+
+        The balancer was left as it was by the glue; too many in a row stop the run.
+        """
+        assert self.scaler is not None
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDiverged(
+                f"step {self.step + 1}: {self._skipped_in_a_row} float16 steps in a row had "
+                f"non-finite gradients down to a loss scale of {self.scaler.get_scale():g}; "
+                f"the run diverged, or float16 cannot hold its gradients (try --amp bf16)"
+            )
+        self.scaler.step(self.optimizer)  # .grad holds ∞: the optimizer step is skipped
+        self.scaler.update()
 
     def _gradient_norm(self) -> float:
         if self.config.clip_max_norm > 0:
@@ -389,7 +429,7 @@ class Trainer:
         """Return the progress bar's fields: rate, effective λ, the target and its recent mean."""
         postfix = {
             "bpp": f"{scalars['train/rate_bpp']:.3f}",
-            "λ_eff": f"{scalars['balancer/effective_lambda']:.4g}",
+            "λ_eff": f"{scalars.get('balancer/effective_lambda', math.nan):.4g}",
         }
         if self.target is not None and self.target_history is not None:
             recent = self.target_history.achieved(10 * self.config.log_every)
@@ -437,18 +477,23 @@ class Trainer:
 
     def _step_scalars(self, result: BalancedStep, times: list[float]) -> dict[str, float]:
         rate, distortion = (float(v) for v in result.losses)
-        w_rate, w_distortion = (float(w) for w in result.weights)
         scalars = {
             "train/rate_bpp": rate,
             "train/distortion": distortion,
             "train/loss": rate + distortion,
             "train/aux_loss": self.last_aux_loss,
-            "balancer/weight_rate": w_rate,
-            "balancer/weight_distortion": w_distortion,
-            "balancer/effective_lambda": effective_lambda(self.config.lmbda, result.weights),
             "time/step_seconds": float(np.mean(times)),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if not result.skipped:  # a skipped --amp fp16 step has no weights
+            w_rate, w_distortion = (float(w) for w in result.weights)
+            scalars["balancer/weight_rate"] = w_rate
+            scalars["balancer/weight_distortion"] = w_distortion
+            lmbda = effective_lambda(self.config.lmbda, result.weights)
+            scalars["balancer/effective_lambda"] = lmbda
+        if self.scaler is not None:
+            scalars["amp/loss_scale"] = self.scaler.get_scale()
+            scalars["amp/skipped_steps"] = float(self.skipped_steps)
         if isinstance(self.balancer, TargetBalancer):
             # one targeted objective: its control u (tilt exp(u), or preference) and log error
             scalars["target/control"] = float(self.balancer.control[0])
@@ -520,6 +565,8 @@ class Trainer:
             "target_losses": None if self.target_history is None else self.target_history.losses,
             "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
+            "scaler": {} if self.scaler is None else self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def save(self, path: Path) -> None:
@@ -537,6 +584,8 @@ class Trainer:
             ("balancer", self.balancer.load_state_dict),
             ("rng", restore_rng_state),
         ]
+        if self.scaler is not None and state["scaler"]:
+            parts.append(("scaler", self.scaler.load_state_dict))
         for key, load in parts:
             try:
                 load(state[key])
@@ -548,6 +597,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.recent_effective_lambda = [float(v) for v in state["recent_effective_lambda"]]
         self.warned_lambda = bool(state["warned_lambda"])
+        self.skipped_steps = int(state["skipped_steps"])
         if self.target_history is not None:
             losses = state["target_losses"]
             if not isinstance(losses, list):
@@ -585,6 +635,12 @@ class Trainer:
                 "objective": self.target.objective,
                 "value": self.target.value,
                 "achieved": self.target_history.achieved(self.total_steps),
+            }
+        if self.config.amp != "off":
+            metrics["amp"] = {
+                "mode": self.config.amp,
+                "skipped_steps": self.skipped_steps,
+                "loss_scale": None if self.scaler is None else self.scaler.get_scale(),
             }
         if self.config.final_eval:
             metrics["final_evaluation"] = self.evaluate_coded()
@@ -752,6 +808,8 @@ RESUME_DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "warned_lambda": ((bool,), False),
     "target_losses": ((list, type(None)), None),
     "processes": ((int,), 1),
+    "scaler": ((dict,), {}),
+    "skipped_steps": ((int,), 0),
 }
 
 

@@ -48,6 +48,36 @@ fire only on ``backward`` and would reduce each per-objective pass separately):
 Every process then holds the same losses, Gram, weights and ``.grad``, and its balancer the
 same state. Which parameters an objective reaches must be the same on every process (it is,
 for one model and one loss function).
+
+Mixed precision
+---------------
+Under ``torch.autocast`` the losses may come out in bfloat16 or float16. The balancer sees
+their values as float64; the weighted sum and the combination ``Σ_i w_i ∇L_i`` are formed in
+float32 or wider (a weight is never rounded to the losses' 8 or 11 bits), and the Gram is
+accumulated in float32 from gradients of any precision.
+
+With float16 pass the ``torch.amp.GradScaler`` as ``grad_scaler``. The glue then
+back-propagates the *scaled* losses ``s·L_i`` (so small gradients survive float16), and
+unscales what the balancer sees: the loss values are never scaled and the Gram is divided
+by ``s²``. ``.grad`` receives ``s·Σ_i w_i ∇L_i``, which ``scaler.step(optimizer)`` unscales
+as usual (``scaler.unscale_(optimizer)`` first if you clip). When a gradient overflows
+(inf/NaN), the step is *skipped*: the balancer's state is restored to what it was before the
+call (a skipped step does not update it), ``.grad`` keeps the non-finite values so that
+``scaler.step`` skips the optimizer step and ``scaler.update()`` lowers the scale, and the
+returned [`BalancedStep`][moopt.pytorch.BalancedStep] says ``skipped=True``; pass it to
+[`update_balancer`][moopt.pytorch.update_balancer] as ``after=``, which then does nothing.
+
+```python
+scaler = torch.amp.GradScaler("cuda")
+with torch.autocast("cuda", dtype=torch.float16):
+    losses = compute_losses(model, x)
+step = balanced_backward(losses, balancer, params, grad_scaler=scaler)
+scaler.step(optimizer)
+scaler.update()
+update_balancer(balancer, closure, after=step)  # the closure under autocast too
+```
+
+bfloat16 has float32's exponent range and needs no scaler.
 """
 
 from __future__ import annotations
@@ -94,15 +124,20 @@ class BalancedStep:
         The k loss values, float64 of shape ``(k,)``.
     gram : numpy.ndarray or None
         Exactly the ``k × k`` matrix handed to the balancer (parameter Gram, or feature Gram
-        in ``features`` mode), float64; None when the balancer did not need one.
+        in ``features`` mode; unscaled under a ``GradScaler``), float64; None when the
+        balancer did not need one.
     names : tuple of str
         The objectives' names (the mapping's keys, or ``"objective 0"``, ...).
+    skipped : bool
+        True when, under a ``GradScaler``, a gradient overflowed: the balancer was left as
+        it was, ``weights`` are NaN, and ``scaler.step`` will skip the optimizer step.
     """
 
     weights: FloatArray
     losses: FloatArray
     gram: FloatArray | None
     names: tuple[str, ...]
+    skipped: bool = False
 
 
 def _unpack_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
@@ -194,6 +229,21 @@ def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor], world: int
         if not math.isfinite(float(value)):
             raise NonFiniteError(f"loss {name!r} is {value}: the objective is not finite")
     return np.asarray(values, dtype=np.float64)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _working(tensor: torch.Tensor) -> torch.Tensor:
+    """Return a loss as a 0-d tensor of float32 or wider (autocast may give 16-bit ones)."""
+    scalar = tensor.reshape(())
+    return scalar.float() if scalar.dtype in _LOW_PRECISION else scalar
+
+
+def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """Whether every present tensor is finite (one transfer to the host)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 def _checked_params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -329,18 +379,21 @@ def _combine(
     """``Σ_i w_i grads[i][j]`` over the objectives that reach input j, or None if none does.
 
     One new tensor per input; the gradients themselves are never written to (autograd may
-    return one tensor for several inputs, or an expanded view).
+    return one tensor for several inputs, or an expanded view). bfloat16/float16 gradients
+    (features under autocast) are combined in float32 and the sum cast back once.
     """
     total: torch.Tensor | None = None
+    dtype: torch.dtype | None = None
     for i, w in enumerate(weights):
         g = grads[i][j]
         if g is None:
             continue
         if total is None:
-            total = g * float(w)
+            dtype = g.dtype
+            total = (g.float() if dtype in _LOW_PRECISION else g) * float(w)
         else:
             total.add_(g, alpha=float(w))
-    return total
+    return total if total is None or total.dtype == dtype else total.to(dtype)
 
 
 Node = torch.autograd.graph.Node
@@ -395,6 +448,7 @@ def balanced_backward(
     gram_mode: GramMode = "sequential",
     retain_graph: bool = False,
     distributed: bool = False,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> BalancedStep:
     """Accumulate ``Σ_i w_i ∇L_i`` into ``.grad`` of ``params``, with ``w`` from ``balancer``.
 
@@ -426,6 +480,11 @@ def balanced_backward(
         and ``.grad`` receives the global ``Σ_i w_i ∇L_i`` (see "Data-parallel training"
         in the module documentation). Do not wrap the model in
         ``DistributedDataParallel``: this call does the gradient averaging itself.
+    grad_scaler : torch.amp.GradScaler, optional
+        float16 mixed precision: back-propagate the scaled losses, show the balancer the
+        unscaled values and Gram, and skip (balancer untouched, ``skipped=True``) when a
+        gradient overflows; then call ``grad_scaler.step(optimizer)`` and
+        ``grad_scaler.update()`` (see "Mixed precision" in the module documentation).
 
     Returns
     -------
@@ -459,30 +518,53 @@ def balanced_backward(
     if gram_mode not in _GRAM_MODES:
         raise ValueError(f"gram_mode must be one of {_GRAM_MODES}, got {gram_mode!r}")
     world = _world_size(distributed)
-    values = _loss_values(names, tensors, world)
+    values = _loss_values(names, tensors, world)  # what the balancer sees: never scaled
+    tensors = [_working(t) for t in tensors]
+    scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
+    scale = 1.0
+    if scaler is not None:
+        tensors = [scaler.scale(t) for t in tensors]
+        scale = float(scaler.get_scale())
+    before = balancer.state_dict() if scaler is not None else None
+
+    def skip(gram: FloatArray | None) -> BalancedStep:
+        """Skip the step: the balancer as it was, ∞ in every ``.grad`` for the scaler to see."""
+        if before is not None:
+            balancer.load_state_dict(before)
+        for param in param_list:
+            _accumulate(param, torch.full_like(param, math.inf))
+        return BalancedStep(np.full(len(tensors), np.nan), values, gram, names, skipped=True)
 
     if not balancer.requires_gram:
         weights = balancer.weights(values)
         total = sum(
-            (loss.reshape(()) * float(w) for loss, w in zip(tensors, weights, strict=True)),
+            (loss * float(w) for loss, w in zip(tensors, weights, strict=True)),
             start=torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device),
         )
-        if world == 1:
+        if world == 1 and scaler is None:
             torch.autograd.backward(total, inputs=param_list, retain_graph=retain_graph)
-        else:
-            local: list[torch.Tensor | None] = list(
-                torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
-            )
-            _accumulate_all(param_list, _reduce_rows([local], world)[0])
+            return BalancedStep(weights, values, None, names)
+        local: list[torch.Tensor | None] = list(
+            torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
+        )
+        local = _reduce_rows([local], world)[0]
+        if scaler is not None and not _all_finite(local):
+            return skip(None)
+        _accumulate_all(param_list, local)
         return BalancedStep(weights, values, None, names)
 
     if features is None:
         grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
         grads = _reduce_rows(grads, world)  # the Gram of the *global* gradients
-        gram = _gram(grads, len(param_list))
+        gram = _gram(grads, len(param_list)) / scale**2
+        if scaler is not None and not np.isfinite(gram).all():
+            return skip(gram)
         _check_gram(names, gram)
         weights = balancer.weights(values, gram)
-        _accumulate_all(param_list, [_combine(grads, weights, j) for j in range(len(param_list))])
+        combined = [_combine(grads, weights, j) for j in range(len(param_list))]
+        if scaler is not None and not _all_finite(combined):
+            return skip(gram)
+        _accumulate_all(param_list, combined)
         return BalancedStep(weights, values, gram, names)
 
     feature_list = _checked_features(features)
@@ -491,7 +573,9 @@ def balanced_backward(
     # the trunk is not traversed here, so its buffers survive for the final pass
     grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
     count = len(feature_list)
-    gram = _gram([row[:count] for row in grads], count, disjoint_world=world)
+    gram = _gram([row[:count] for row in grads], count, disjoint_world=world) / scale**2
+    if scaler is not None and not np.isfinite(gram).all():
+        return skip(gram)
     _check_gram(names, gram)
     weights = balancer.weights(values, gram)
     head_grads = [_combine(grads, weights, j) for j in range(count, len(inputs))]
@@ -499,7 +583,7 @@ def balanced_backward(
     reached = [(f, g) for f, g in zip(feature_list, feature_grads, strict=True) if g is not None]
     trunk_grads: list[torch.Tensor | None] = []
     if trunk and reached:
-        if world == 1:
+        if world == 1 and scaler is None:
             torch.autograd.backward(
                 [f for f, _ in reached],
                 grad_tensors=[g for _, g in reached],
@@ -518,6 +602,8 @@ def balanced_backward(
             )
     # heads (and, distributed, the trunk) averaged over the processes in one all-reduce
     reduced = _reduce_rows([head_grads + trunk_grads], world)[0]
+    if scaler is not None and not _all_finite(reduced):
+        return skip(gram)
     _accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
     return BalancedStep(weights, values, gram, names)
 
@@ -529,6 +615,7 @@ def update_balancer(
     step: int | None = None,
     every: int = 1,
     distributed: bool = False,
+    after: BalancedStep | None = None,
 ) -> FloatArray | None:
     """Re-evaluate the objectives without gradients and pass them to ``balancer.update``.
 
@@ -559,6 +646,10 @@ def update_balancer(
         Average the new loss values over the ``torch.distributed`` processes, as
         [`balanced_backward`][moopt.pytorch.balanced_backward] does, so the balancer's state stays
         identical on all.
+    after : BalancedStep, optional
+        What this step's [`balanced_backward`][moopt.pytorch.balanced_backward] returned;
+        when it was skipped (a float16 overflow under a ``GradScaler``) nothing is evaluated
+        and the balancer is not updated.
 
     Returns
     -------
@@ -576,6 +667,8 @@ def update_balancer(
         raise ValueError(
             "step is required when every > 1 (the re-evaluation runs when step % every == 0)"
         )
+    if after is not None and after.skipped:
+        return None
     if not balancer.requires_update or (step is not None and step % every != 0):
         return None
     with torch.no_grad():

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from moopt_lic.config import DEMO_TARGET_BPP, config_from_args
+from moopt_lic.config import DEMO_TARGET_BPP, config_from_args, typed_flags
 from moopt_lic.errors import InputError
-from moopt_lic.trainer import TrainingDiverged, lambda_offset, train
+from moopt_lic.trainer import TrainingDiverged, lambda_offset, train_with_flags
 
 __all__ = ["lambda_note", "main", "summary", "target_line"]
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(--target-bpp {DEMO_TARGET_BPP}); --help lists the flags"
             )
     try:
-        result = train(config_from_args(argv))
+        result = train_with_flags(config_from_args(argv), typed_flags(argv))
     except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, one line printed)
         return int(exit.code or 0)
     except InputError as error:
@@ -102,5 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"moopt_lic.train: stopped: {error}", file=sys.stderr)
         return 1
     if speak:
+        if result.already_finished:
+            print(
+                f"the run in {result.out} had already finished ({result.metrics['steps']} "
+                f"steps): nothing to train; its summary:"
+            )
         print(summary(result.metrics))
     return 0

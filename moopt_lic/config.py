@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from moopt_lic.amp import AMP_MODES
 from moopt_lic.errors import InputError
-from moopt_lic.models import MODELS, ModelSpec
+from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
 
 __all__ = [
     "BALANCERS",
@@ -27,6 +29,9 @@ __all__ = [
     "build_parser",
     "config_from_args",
     "flags_markdown",
+    "resume_conflicts",
+    "set_fields",
+    "typed_flags",
 ]
 
 #: Steps of a run that gives neither ``--steps`` nor ``--epochs`` (the built-in demo).
@@ -40,10 +45,13 @@ DEMO_TARGET_BPP = 0.3
 BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
 
 
-#: Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
-#: (``threads`` is not one: another thread count changes the order of float sums, and the
-#: resumed run would no longer be bit-identical.)
 RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
+"""Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
+
+They may differ from the run's: they change where and how visibly it runs, not what it
+computes. Every other flag given with ``--resume`` must have the run's value. (``threads``
+is not one: another thread count changes the order of float sums, and the resumed run would
+no longer be bit-identical.)"""
 
 
 def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
@@ -96,7 +104,14 @@ class TrainConfig:
     # model
     model: str = field(
         default="mbt2018-mean",
-        metadata=_opt("CompressAI architecture by zoo name", short="-m", choices=list(MODELS)),
+        metadata=_opt(
+            f"the codec: a CompressAI zoo name ({', '.join(MODELS)}), or "
+            f"package.module:factory, a codec of your own (a callable on the Python path "
+            f"returning a compressai.models.CompressionModel, called with N=/M= when given; "
+            f"in Python the callable itself)",
+            short="-m",
+            type=lambda value: _model_argument(value),
+        ),
     )
     quality: int | None = field(
         default=None,
@@ -212,6 +227,14 @@ class TrainConfig:
     clip_max_norm: float = field(
         default=1.0, metadata=_opt("clip the balanced gradient's norm to this (0: no clipping)")
     )
+    amp: str = field(
+        default="off",
+        metadata=_opt(
+            "mixed precision: the transforms under torch.autocast in bfloat16 or float16 "
+            "(fp16 with a GradScaler), the entropy models in float32 (see 'Mixed precision')",
+            choices=list(AMP_MODES),
+        ),
+    )
     init_from: str | None = field(
         default=None,
         metadata=_opt(
@@ -237,7 +260,11 @@ class TrainConfig:
     )
     resume: bool = field(
         default=False,
-        metadata=_opt("continue the run in --out exactly where its last checkpoint left it"),
+        metadata=_opt(
+            "continue the run in --out exactly where its last checkpoint left it; other flags "
+            "given must have the run's values (--device, --workers, --progress and "
+            "--dist-timeout may differ), so the command that started it works"
+        ),
     )
     checkpoint_every: int = field(default=200, metadata=_opt("write checkpoint.pt every n steps"))
     eval_every: int = field(
@@ -256,6 +283,10 @@ class TrainConfig:
         default=True,
         metadata=_opt("at the end, compress and decompress the evaluation images for real"),
     )
+
+    def __post_init__(self) -> None:
+        if callable(self.model) and not isinstance(self.model, str):
+            self.model = factory_name(self.model)  # a checkpoint records the name
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -317,6 +348,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise InputError(f"--{_flag(name)} must be a finite number > 0, got {value}")
+        if self.amp not in AMP_MODES:
+            raise InputError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be ≥ 1, got {self.threads}")
 
@@ -337,13 +370,45 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Inverse of [`to_dict`][moopt_lic.config.TrainConfig.to_dict].
 
-        Unknown keys are an error.
+        Raises
+        ------
+        InputError
+            For a non-dict, unknown keys, or a value not of its field's type.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        if not isinstance(values, dict):
+            raise InputError(f"the configuration is a {type(values).__name__}, not a dict")
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        unknown = sorted(str(key) for key in set(values) - set(kinds))
         if unknown:
             raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
+        for name, value in values.items():
+            if not _has_kind(value, kinds[name]):
+                raise InputError(f"configuration {name!r} is {value!r}, not of type {kinds[name]}")
         return cls(**values)
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    """Whether ``value`` fits a field annotated ``kind`` (``"float | None"``, ...)."""
+    options = {option.strip() for option in kind.split("|")}
+    if value is None:
+        return "None" in options
+    if isinstance(value, bool):
+        return "bool" in options
+    if isinstance(value, int):
+        return bool(options & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in options
+    return isinstance(value, str) and "str" in options
+
+
+def _model_argument(value: str) -> str:
+    """``--model``: a zoo name or ``package.module:factory`` (imported when validated)."""
+    if value in MODELS or FACTORY.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose a zoo name: {', '.join(MODELS)}; or name a codec of "
+        f"your own as package.module:factory, a module on the Python path, not a file)"
+    )
 
 
 def _flag(name: str) -> str:
@@ -378,7 +443,7 @@ def build_parser(prog: str = "python -m moopt_lic.train") -> argparse.ArgumentPa
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = f.default
         else:
-            kwargs["type"] = {"int": int, "float": float}.get(kind.split(" ")[0], str)
+            kwargs.setdefault("type", {"int": int, "float": float}.get(kind.split(" ")[0], str))
             kwargs["default"] = f.default
             if "str | None" in kind or "None" in kind:
                 kwargs["metavar"] = f.name.upper() if f.name not in ("N", "M") else f.name
@@ -411,29 +476,69 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     The configuration is a [`TrainConfig`][moopt_lic.TrainConfig].
     """
     args = build_parser().parse_args(argv)
-    if args.resume:
-        _check_resume_flags(argv)
     config = TrainConfig(**vars(args))
     config.validate()
     return config
 
 
-def _check_resume_flags(argv: Sequence[str] | None) -> None:
-    """``--resume`` with a setting of the run (``--steps``, ``--lambda``…) is an input error.
+def typed_flags(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """Return the fields a command line sets, each with its flag as typed.
 
-    The resumed run takes its settings from its checkpoint; accepting other values on the
-    command line and ignoring them would mislead.
+    ``["-m", "x", "--lambda", "0.1"]`` gives ``{"model": "-m", "lmbda": "--lambda"}``; a flag
+    typed in a form not found verbatim (an abbreviation) gets its long name.
     """
+    tokens = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    given = vars(parser.parse_args(argv))
-    ignored = sorted(set(given) - set(RUNTIME_FIELDS))
-    if ignored:
-        flags = ", ".join("--" + _flag(name) for name in ignored)
-        allowed = ", ".join("--" + _flag(name) for name in RUNTIME_FIELDS if name != "resume")
-        raise InputError(
-            f"--resume continues the run with the settings saved in its checkpoint; {flags} "
-            f"cannot change them (with --resume give only {allowed}). To train on with other "
-            f"settings, start a new run from its weights: --init-from OUT/checkpoint.pt"
-        )
+    given = vars(parser.parse_args(tokens))
+    options = {option: a.dest for a in parser._actions for option in a.option_strings}
+    typed: dict[str, str] = {}
+    for token in tokens:
+        if token == "--":
+            break
+        option = token.split("=", 1)[0]
+        if options.get(option) in given:
+            typed[options[option]] = option
+    for name in given:
+        typed.setdefault(name, "--" + _flag(name))
+    return typed
+
+
+def set_fields(config: TrainConfig) -> dict[str, str]:
+    """Return the fields of ``config`` that differ from their defaults, with their flags.
+
+    What a Python caller of [`train`][moopt_lic.trainer.train] "typed".
+    """
+    return {
+        f.name: "--" + _flag(f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != f.default
+    }
+
+
+def resume_conflicts(saved: TrainConfig, new: TrainConfig, typed: dict[str, str]) -> list[str]:
+    """Return ``--flag old → new`` for each typed setting that differs from the saved run's.
+
+    The ``RUNTIME_FIELDS`` may differ and are not listed.
+    """
+    conflicts = []
+    for name, flag in typed.items():
+        if name in RUNTIME_FIELDS:
+            continue
+        old, value = getattr(saved, name), getattr(new, name)
+        if old == value:
+            continue
+        if isinstance(old, bool):
+            conflicts.append(f"{_bool_flag(name, old)} → {_bool_flag(name, value)}")
+        else:
+            conflicts.append(f"{flag} {_shown(old)} → {_shown(value)}")
+    return conflicts
+
+
+def _bool_flag(name: str, value: Any) -> str:
+    return f"--{'' if value else 'no-'}{_flag(name)}"
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)

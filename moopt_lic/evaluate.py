@@ -66,8 +66,11 @@ def evaluate_checkpoint(
 ) -> list[ImageResult]:
     """Code every image of ``images`` with the codec in checkpoint ``path``."""
     checkpoint = read_checkpoint(path)  # read once: the model and its padding multiple
-    model = model_from_checkpoint(checkpoint, device)
-    multiple = ModelSpec(**checkpoint["model_spec"]).downsampling
+    try:
+        model = model_from_checkpoint(checkpoint, device)
+        multiple = ModelSpec.from_dict(checkpoint["model_spec"]).downsampling
+    except InputError as error:
+        raise InputError(f"checkpoint {str(path)!r}: {error}") from None
     results = []
     with torch.no_grad():
         for index in range(len(images)):
@@ -145,8 +148,11 @@ def evaluate(
     """
     if not checkpoints:
         raise InputError("give at least one checkpoint to evaluate")
-    for path in checkpoints:
-        read_checkpoint(path)  # every file is checked before any work
+    for path in checkpoints:  # every file and codec factory is checked before any work
+        try:
+            ModelSpec.from_dict(read_checkpoint(path)["model_spec"]).downsampling  # noqa: B018
+        except InputError as error:
+            raise InputError(f"checkpoint {str(path)!r}: {error}") from None
     images = ImageSet.from_folder(dataset)
     torch_device = resolve_device(device)
     report: dict[str, Any] = {

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,9 +44,10 @@ from moopt import (
     WeightedSumBalancer,
 )
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
-from moopt_lic.checkpoint import atomic_save, capture_rng_state, restore_rng_state
+from moopt_lic.amp import autocast
+from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
-from moopt_lic.config import RUNTIME_FIELDS, TrainConfig
+from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
 from moopt_lic.data import (
     BUILTIN_EVAL_PHOTOS,
     BUILTIN_TRAIN_PHOTOS,
@@ -61,7 +63,15 @@ from moopt_lic.noise import per_sample_noise
 from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
 from moopt_lic.targets import Target, TargetHistory, target_of
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_balancer", "train"]
+__all__ = [
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_balancer",
+    "resume_state",
+    "train",
+    "train_with_flags",
+]
 
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
@@ -70,6 +80,8 @@ METRICS = "metrics.json"
 EFFECTIVE_LAMBDA_WINDOW = 50
 #: The effective λ counts as off the user's λ outside ``[λ/this, λ·this]`` (warning and note).
 LAMBDA_TOLERANCE = 2.0
+#: ``--amp fp16``: this many skipped (overflowing) steps in a row stop the run as diverged.
+MAX_SKIPPED_IN_A_ROW = 30
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +94,8 @@ class TrainResult:
 
     out: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: True when ``resume`` found the run finished and trained nothing (metrics as saved).
+    already_finished: bool = False
 
 
 def build_balancer(config: TrainConfig) -> Balancer:
@@ -173,7 +187,8 @@ def _check_msssim_sizes(images: ImageSet) -> None:
 
 def _default_out(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.model}-{config.balancer}"
+    model = config.model.replace(":", "-")  # a factory's package.module:factory
+    return Path("runs") / f"{stamp}-{model}-{config.balancer}"
 
 
 class Trainer:
@@ -207,7 +222,10 @@ class Trainer:
         self.spec = config.model_spec
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
-        self.model = build_model(self.spec).to(self.device).train()
+        # a resumed run names its factory (from the checkpoint), so it says which it calls
+        announce = resume_from is not None and self.processes.is_main
+        self.model = build_model(self.spec, announce=announce)
+        self.model.to(self.device).train()
         if config.init_from and resume_from is None:
             self._load_initial_weights(config.init_from)
         self.distributed = self.processes.distributed
@@ -218,6 +236,10 @@ class Trainer:
             self.optimizer, _lr_factor(config.lr_schedule, self.total_steps)
         )
         self.balancer = build_balancer(config)
+        # float16 needs a loss scale; bfloat16 has float32's exponent range and does not
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
+        self.skipped_steps = 0  # of --amp fp16, over the run
+        self._skipped_in_a_row = 0
         self.rate, self.distortion = rd_objectives(config.lmbda, config.metric)  # type: ignore[arg-type]
         self._latent: list[torch.Tensor] = []
         if config.features:
@@ -239,10 +261,10 @@ class Trainer:
     def losses(self, x: torch.Tensor, seeds: list[int]) -> dict[str, torch.Tensor]:
         """Rate and distortion of the model on ``x`` with the samples' own noise."""
         self._latent.clear()
-        with per_sample_noise(seeds):
+        with per_sample_noise(seeds), autocast(self.device.type, self.config.amp):
             output = self.model(x)
-        batch = CodecBatch(x, output)
-        return {self.rate.name: self.rate(batch), self.distortion.name: self.distortion(batch)}
+            batch = CodecBatch(x, output)
+            return {self.rate.name: self.rate(batch), self.distortion.name: self.distortion(batch)}
 
     def train_step(self, x: torch.Tensor, seeds: list[int]) -> BalancedStep:
         """One step: balanced backward, clip, optimizer, balancer update, aux step."""
@@ -257,18 +279,29 @@ class Trainer:
                 features=self._latent[-1] if config.features else None,
                 gram_mode=config.gram_mode,  # type: ignore[arg-type]
                 distributed=self.distributed,
+                grad_scaler=self.scaler,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1}: {error}") from None
         except ValueError as error:  # the balancer refused its input, e.g. a loss ≤ its floor
             raise TrainingDiverged(f"step {self.step + 1}: the balancer stopped: {error}") from None
-        norm = self._gradient_norm()
-        if not math.isfinite(norm):
-            raise TrainingDiverged(
-                f"step {self.step + 1}: the gradient of {self._blame_gradient(x, seeds)} is "
-                f"not finite (norm {norm})"
-            )
-        self.optimizer.step()
+        if result.skipped:
+            self._skip_step()
+        else:
+            self._skipped_in_a_row = 0
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip and check the true gradient
+            norm = self._gradient_norm()
+            if not math.isfinite(norm):
+                raise TrainingDiverged(
+                    f"step {self.step + 1}: the gradient of {self._blame_gradient(x, seeds)} is "
+                    f"not finite (norm {norm})"
+                )
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         try:
             update_balancer(
                 self.balancer,
@@ -276,6 +309,7 @@ class Trainer:
                 step=self.step,
                 every=config.update_every,
                 distributed=self.distributed,
+                after=result,
             )
         except NonFiniteError as error:
             raise TrainingDiverged(f"step {self.step + 1} (re-evaluation): {error}") from None
@@ -283,14 +317,34 @@ class Trainer:
         aux_loss = self.model.aux_loss()  # type: ignore[operator]
         aux_loss.backward()
         self.aux_optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped fp16 step is no misuse of the scheduler
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         self.step += 1
         self.last_aux_loss = float(aux_loss.detach())
-        self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
-        del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
+        if not result.skipped:
+            self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
+            del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
         if self.target_history is not None:
             self.target_history.record(result.losses)
         return result
+
+    def _skip_step(self) -> None:
+        """``--amp fp16``: a gradient overflowed; the scaler skips the step and lowers the scale.
+
+        The balancer was left as it was by the glue; too many in a row stop the run.
+        """
+        assert self.scaler is not None
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDiverged(
+                f"step {self.step + 1}: {self._skipped_in_a_row} float16 steps in a row had "
+                f"non-finite gradients down to a loss scale of {self.scaler.get_scale():g}; "
+                f"the run diverged, or float16 cannot hold its gradients (try --amp bf16)"
+            )
+        self.scaler.step(self.optimizer)  # .grad holds ∞: the optimizer step is skipped
+        self.scaler.update()
 
     def _gradient_norm(self) -> float:
         if self.config.clip_max_norm > 0:
@@ -375,7 +429,7 @@ class Trainer:
         """Return the progress bar's fields: rate, effective λ, the target and its recent mean."""
         postfix = {
             "bpp": f"{scalars['train/rate_bpp']:.3f}",
-            "λ_eff": f"{scalars['balancer/effective_lambda']:.4g}",
+            "λ_eff": f"{scalars.get('balancer/effective_lambda', math.nan):.4g}",
         }
         if self.target is not None and self.target_history is not None:
             recent = self.target_history.achieved(10 * self.config.log_every)
@@ -423,18 +477,23 @@ class Trainer:
 
     def _step_scalars(self, result: BalancedStep, times: list[float]) -> dict[str, float]:
         rate, distortion = (float(v) for v in result.losses)
-        w_rate, w_distortion = (float(w) for w in result.weights)
         scalars = {
             "train/rate_bpp": rate,
             "train/distortion": distortion,
             "train/loss": rate + distortion,
             "train/aux_loss": self.last_aux_loss,
-            "balancer/weight_rate": w_rate,
-            "balancer/weight_distortion": w_distortion,
-            "balancer/effective_lambda": effective_lambda(self.config.lmbda, result.weights),
             "time/step_seconds": float(np.mean(times)),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if not result.skipped:  # a skipped --amp fp16 step has no weights
+            w_rate, w_distortion = (float(w) for w in result.weights)
+            scalars["balancer/weight_rate"] = w_rate
+            scalars["balancer/weight_distortion"] = w_distortion
+            lmbda = effective_lambda(self.config.lmbda, result.weights)
+            scalars["balancer/effective_lambda"] = lmbda
+        if self.scaler is not None:
+            scalars["amp/loss_scale"] = self.scaler.get_scale()
+            scalars["amp/skipped_steps"] = float(self.skipped_steps)
         if isinstance(self.balancer, TargetBalancer):
             # one targeted objective: its control u (tilt exp(u), or preference) and log error
             scalars["target/control"] = float(self.balancer.control[0])
@@ -483,9 +542,13 @@ class Trainer:
 
     # ------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """Return the checkpoint: ``"model"`` is the model's ``state_dict``; the rest resumes."""
+        """Return the checkpoint: ``"model"`` is the model's ``state_dict``; the rest resumes.
+
+        Every value is a tensor or a plain Python value, so that the file loads with
+        ``torch.load(..., weights_only=True)`` (the balancer's NumPy arrays become lists).
+        """
         return {
-            "format": 1,
+            "format": FORMAT,
             "model": self.model.state_dict(),
             "model_spec": self.spec.to_dict(),
             "config": self.config.to_dict(),
@@ -494,14 +557,16 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "balancer": self.balancer.state_dict(),
+            "balancer": plain(self.balancer.state_dict()),
             "rng": capture_rng_state(),
-            "best": self.best,
+            "best": plain(self.best),
             "elapsed": self.elapsed,
-            "recent_effective_lambda": self.recent_effective_lambda,
+            "recent_effective_lambda": [float(v) for v in self.recent_effective_lambda],
             "target_losses": None if self.target_history is None else self.target_history.losses,
             "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
+            "scaler": {} if self.scaler is None else self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def save(self, path: Path) -> None:
@@ -509,19 +574,35 @@ class Trainer:
         atomic_save(self.state(), path)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.balancer.load_state_dict(state["balancer"])
-        restore_rng_state(state["rng"])
+        """Continue from a checkpoint read by [`resume_state`][moopt_lic.trainer.resume_state]."""
+        where = f"checkpoint {str(self.out / CHECKPOINT)!r}"
+        parts = [
+            ("model", self.model.load_state_dict),
+            ("optimizer", self.optimizer.load_state_dict),
+            ("aux_optimizer", self.aux_optimizer.load_state_dict),
+            ("scheduler", self.scheduler.load_state_dict),
+            ("balancer", self.balancer.load_state_dict),
+            ("rng", restore_rng_state),
+        ]
+        if self.scaler is not None and state["scaler"]:
+            parts.append(("scaler", self.scaler.load_state_dict))
+        for key, load in parts:
+            try:
+                load(state[key])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip()
+                raise InputError(f"{where}: its {key!r} does not fit this run: {first}") from None
         self.step = int(state["step"])
         self.best = state["best"]
         self.elapsed = float(state["elapsed"])
-        self.recent_effective_lambda = list(state.get("recent_effective_lambda", []))
-        self.warned_lambda = bool(state.get("warned_lambda", False))
+        self.recent_effective_lambda = [float(v) for v in state["recent_effective_lambda"]]
+        self.warned_lambda = bool(state["warned_lambda"])
+        self.skipped_steps = int(state["skipped_steps"])
         if self.target_history is not None:
-            self.target_history.losses = [float(v) for v in state["target_losses"]]
+            losses = state["target_losses"]
+            if not isinstance(losses, list):
+                raise InputError(f"{where}: its 'target_losses' is {losses!r}, not a list")
+            self.target_history.losses = [float(v) for v in losses]
 
     def _load_initial_weights(self, path: str) -> None:
         checkpoint = read_checkpoint(path) if Path(path).is_file() else None
@@ -545,7 +626,7 @@ class Trainer:
             "processes": self.processes.world,
             "lambda": self.config.lmbda,
             "effective_lambda": float(np.mean(self.recent_effective_lambda or [math.nan])),
-            "balancer_state": _plain(self.balancer.state_dict()),
+            "balancer_state": plain(self.balancer.state_dict()),
             "best_validation": self.best,
             "config": self.config.to_dict(),
         }
@@ -554,6 +635,12 @@ class Trainer:
                 "objective": self.target.objective,
                 "value": self.target.value,
                 "achieved": self.target_history.achieved(self.total_steps),
+            }
+        if self.config.amp != "off":
+            metrics["amp"] = {
+                "mode": self.config.amp,
+                "skipped_steps": self.skipped_steps,
+                "loss_scale": None if self.scaler is None else self.scaler.get_scale(),
             }
         if self.config.final_eval:
             metrics["final_evaluation"] = self.evaluate_coded()
@@ -657,17 +744,6 @@ def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
     return math.inf if w_rate == 0 else lmbda * w_distortion / w_rate
 
 
-def _plain(value: Any) -> Any:
-    """NumPy values as JSON-friendly Python values."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train a codec as ``config`` says; resume when ``config.resume`` is set.
 
@@ -675,8 +751,12 @@ def train(config: TrainConfig) -> TrainResult:
     ----------
     config : TrainConfig
         The run. With ``resume=True`` the run saved in ``config.out`` continues with its
-        saved configuration (only the runtime fields ``device``, ``progress`` and
-        ``workers`` come from ``config``); a finished run is not trained again.
+        saved configuration: the same ``config`` that started it continues it, and so does
+        ``TrainConfig(out=..., resume=True)``. Only the runtime fields (``device``,
+        ``progress``, ``workers``, ``dist_timeout``) are taken from ``config``; any other
+        field set to something other than its default must equal the run's, or the call is
+        refused (an [`InputError`][moopt_lic.InputError] listing them, nothing written). A
+        finished run is not trained again (``already_finished`` in the result).
 
     Returns
     -------
@@ -690,35 +770,113 @@ def train(config: TrainConfig) -> TrainResult:
     TrainingDiverged
         If a loss or gradient becomes NaN/∞; ``checkpoint.pt`` keeps the last good state.
     """
+    return train_with_flags(config, None)
+
+
+def train_with_flags(config: TrainConfig, typed: dict[str, str] | None) -> TrainResult:
+    """[`train`][moopt_lic.trainer.train], with the fields the caller set and how they were typed.
+
+    ``typed`` maps field names to flags (``{"lmbda": "--lambda"}``, what the command line
+    gave); None means the fields that differ from their defaults. On ``resume`` each must
+    equal the run's.
+    """
     config.validate()
     processes, device, joined = setup(resolve_device(config.device), config.dist_timeout)
     try:
-        return _train(config, processes, device)
+        return _train(config, processes, device, set_fields(config) if typed is None else typed)
     finally:
         if joined:
             teardown()
 
 
-def _train(config: TrainConfig, processes: Processes, device: torch.device) -> TrainResult:
+#: What a resumable checkpoint holds besides ``model`` and ``model_spec``, and of which type.
+RESUME_ENTRIES: dict[str, tuple[type, ...]] = {
+    "config": (dict,),
+    "step": (int,),
+    "total_steps": (int,),
+    "optimizer": (dict,),
+    "aux_optimizer": (dict,),
+    "scheduler": (dict,),
+    "balancer": (dict,),
+    "rng": (dict,),
+    "elapsed": (int, float),
+    "best": (dict, type(None)),
+}
+#: Entries added after the first checkpoint format, with the value a run without them had.
+RESUME_DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "recent_effective_lambda": ((list,), []),
+    "warned_lambda": ((bool,), False),
+    "target_losses": ((list, type(None)), None),
+    "processes": ((int,), 1),
+    "scaler": ((dict,), {}),
+    "skipped_steps": ((int,), 0),
+}
+
+
+def resume_state(path: Path) -> dict[str, Any]:
+    """Read a checkpoint to resume from: safely, every entry present and of its type.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong (see
+        [`read_checkpoint`][moopt_lic.models.read_checkpoint]; also a missing or mistyped
+        entry, or a configuration that is not a valid one).
+    """
+    state = read_checkpoint(path)
+    where = f"checkpoint {str(path)!r}"
+    missing = [key for key in RESUME_ENTRIES if key not in state]
+    if missing:
+        raise InputError(
+            f"{where} cannot be resumed: it has no {', '.join(map(repr, missing))} (it holds "
+            f"model weights only); start a new run from them with --init-from {str(path)!r}"
+        )
+    for key, (_, default) in RESUME_DEFAULTS.items():
+        state.setdefault(key, default)
+    for key, kinds in {**RESUME_ENTRIES, **{k: v[0] for k, v in RESUME_DEFAULTS.items()}}.items():
+        value = state[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise InputError(
+                f"{where} is malformed: {key!r} is a {type(value).__name__}, not {names}"
+            )
+    try:
+        state["config"] = TrainConfig.from_dict(state["config"])
+    except InputError as error:
+        raise InputError(f"{where} is malformed: {error}") from None
+    return state
+
+
+def _train(
+    config: TrainConfig, processes: Processes, device: torch.device, typed: dict[str, str]
+) -> TrainResult:
     if config.resume:
         if config.out is None:
             raise InputError("--resume needs --out: the folder of the run to continue")
         out = Path(config.out)
-        state = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
-        if state is None:
+        if not (out / CHECKPOINT).exists():
             raise InputError(f"--resume: {str(out / CHECKPOINT)!r} does not exist")
-        if state.get("processes", 1) != processes.world:
+        state = resume_state(out / CHECKPOINT)
+        if state["processes"] != processes.world:
             raise InputError(
-                f"--resume: the run in {str(out)!r} was trained by {state.get('processes', 1)} "
+                f"--resume: the run in {str(out)!r} was trained by {state['processes']} "
                 f"process(es), not {processes.world}; resume it with as many (torchrun "
                 f"--nproc_per_node), or the data order would change"
             )
-        saved = state["config"]
+        conflicts = resume_conflicts(state["config"], config, typed)
+        if conflicts:
+            raise InputError(
+                f"--resume continues the run in {str(out)!r} with its own settings, and "
+                f"{', '.join(conflicts)} would change them; give the run's values (or leave "
+                f"the flags out) to continue it, or start a new run from its weights: "
+                f"--init-from {str(out / CHECKPOINT)!r} -o NEW_FOLDER"
+            )
+        saved = state["config"].to_dict()
         saved.update({name: getattr(config, name) for name in RUNTIME_FIELDS})
         config = TrainConfig.from_dict(saved)
         trainer = Trainer(config, out, state, processes, device)
         if trainer.step >= trainer.total_steps and (out / METRICS).exists():
-            return TrainResult(out, json.loads((out / METRICS).read_text()))
+            return TrainResult(out, json.loads((out / METRICS).read_text()), already_finished=True)
         return TrainResult(out, trainer.run())
     out = Path(broadcast(config.out or str(_default_out(config)), processes))
     if (out / CHECKPOINT).exists():

@@ -94,7 +94,7 @@ def test_a_target_run_reports_and_logs_it(tiny_config, balancer):
     events.Reload()
     for tag in ("target/control", "target/log_error"):
         assert [e.step for e in events.Scalars(tag)] == [2, 4, 6, 8, 10]
-    best = torch.load(Path(config.out) / "checkpoint_best.pt", weights_only=False)["best"]
+    best = torch.load(Path(config.out) / "checkpoint_best.pt", weights_only=True)["best"]
     assert {"holds_target", "target_error", "distortion"} <= set(best)
 
 
@@ -139,9 +139,9 @@ def test_resume_with_a_target_is_exact(tiny_config, tmp_path):
     for x, seeds in trainer.batches():
         trainer.train_step(x, seeds)
         trainer.save(Path(part.out) / "checkpoint.pt")
-    resumed = train(tiny_config(out=str(tmp_path / "b"), resume=True))
-    left = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    right = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    resumed = train(tiny_config(**common, out=str(tmp_path / "b"), checkpoint_every=1, resume=True))
+    left = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    right = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for name, value in left["model"].items():
         assert torch.equal(value, right["model"][name]), name
     assert left["target_losses"] == right["target_losses"]
@@ -166,11 +166,11 @@ def test_the_demo_holds_a_rate_and_says_so(monkeypatch, capsys):
     """No arguments: the demo run with its own, printed rate target."""
     seen = {}
 
-    def fake_train(config: TrainConfig):
+    def fake_train(config: TrainConfig, typed):
         seen["config"] = config
         raise InputError("stop here")
 
-    monkeypatch.setattr("moopt_lic.cli.train", fake_train)
+    monkeypatch.setattr("moopt_lic.cli.train_with_flags", fake_train)
     assert main([]) == 2
     assert seen["config"].target_bpp == DEMO_TARGET_BPP
     assert seen["config"].balancer == "coarse-to-fine"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from moopt_lic import Distortion, InputError, TrainConfig, TrainingDiverged, load_model, train
 from moopt_lic.cli import main
+from moopt_lic.config import config_from_args, typed_flags
 from moopt_lic.trainer import Trainer
 
 
@@ -94,7 +96,7 @@ def test_outputs_and_logged_effective_lambda(tiny_config):
 
 def test_load_model_rebuilds_the_trained_model(tiny_config):
     result = train(tiny_config(steps=3))
-    checkpoint = torch.load(result.out / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(result.out / "checkpoint.pt", weights_only=True)
     model = load_model(result.out / "checkpoint.pt")
     parameters = dict(model.named_parameters())  # buffers: CDF tables rebuilt by update()
     assert parameters and not model.training
@@ -113,8 +115,8 @@ def test_resume_of_a_finished_run_does_nothing(tiny_config):
     config = tiny_config(steps=2)
     first = train(config)
     stamp = (first.out / "checkpoint.pt").stat().st_mtime_ns
-    again = train(tiny_config(resume=True))
-    assert again.metrics["steps"] == 2
+    again = train(tiny_config(steps=2, resume=True))
+    assert again.metrics["steps"] == 2 and again.already_finished
     assert (first.out / "checkpoint.pt").stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="already holds a run; pass --resume"):
         train(tiny_config(steps=2))
@@ -132,13 +134,13 @@ def test_in_process_resume_is_exact(tiny_config, tmp_path):
     for x, seeds in trainer.batches():
         trainer.train_step(x, seeds)
         trainer.save(Path(part.out) / "checkpoint.pt")
-    train(tiny_config(out=str(tmp_path / "b"), resume=True))
+    train(replace(part, resume=True))
     _assert_same_parameters(tmp_path / "a", tmp_path / "b")
 
 
 def _assert_same_parameters(a, b):
-    left = torch.load(Path(a) / "checkpoint.pt", weights_only=False)
-    right = torch.load(Path(b) / "checkpoint.pt", weights_only=False)
+    left = torch.load(Path(a) / "checkpoint.pt", weights_only=True)
+    right = torch.load(Path(b) / "checkpoint.pt", weights_only=True)
     assert left["step"] == right["step"]
     for name, value in left["model"].items():
         assert torch.equal(value, right["model"][name]), name
@@ -146,8 +148,10 @@ def _assert_same_parameters(a, b):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bit_identical(test_images, tmp_path):
-    """A run killed with SIGKILL mid-training and resumed ends with identical parameters."""
+@pytest.mark.parametrize("form", ["--resume -o", "the same command line"])
+def test_sigkill_and_resume_is_bit_identical(test_images, tmp_path, form):
+    """A run killed with SIGKILL mid-training and resumed ends with identical parameters,
+    resumed by ``--resume -o OUT`` or by the command that started it with ``--resume``."""
     common = [
         "-d",
         str(test_images),
@@ -180,15 +184,17 @@ def test_sigkill_and_resume_is_bit_identical(test_images, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         checkpoint = killed / "checkpoint.pt"
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 6:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["step"] >= 6:
             break
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=False)["step"]
+    step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
     assert 6 <= step_at_kill < 14
+    same = form == "the same command line"
+    again = [*common, "-o", str(killed)] if same else ["-o", str(killed)]
     resumed = subprocess.run(
-        [sys.executable, "-m", "moopt_lic.train", "--resume", "-o", str(killed), "--no-progress"],
+        [sys.executable, "-m", "moopt_lic.train", *again, "--resume", "--no-progress"],
         capture_output=True,
         text=True,
     )
@@ -209,7 +215,7 @@ def test_nan_loss_stops_naming_step_and_objective(tiny_config, monkeypatch):
     config = tiny_config(balancer="weighted-sum", steps=5, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match=r"step 3: loss 'distortion' is nan"):
         train(config)
-    saved = torch.load(Path(config.out) / "checkpoint.pt", weights_only=False)
+    saved = torch.load(Path(config.out) / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 2  # the last good state is kept
 
 
@@ -236,7 +242,7 @@ def test_init_from_starts_from_those_weights(tiny_config, tmp_path):
         seed=7,
     )
     trainer = Trainer(config, Path(config.out), None)
-    expected = torch.load(source.out / "checkpoint.pt", weights_only=False)["model"]
+    expected = torch.load(source.out / "checkpoint.pt", weights_only=True)["model"]
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, expected[name]), name
     wrong = tiny_config(
@@ -293,14 +299,84 @@ def test_every_model_is_valid_with_default_flags(model):
     assert config.model_spec.channels()[0] == 64
 
 
-def test_resume_refuses_settings_it_would_ignore():
-    """--resume takes the run's settings from its checkpoint: others are an error, not ignored."""
-    from moopt_lic.config import config_from_args
+def _tree(folder):
+    """Every file of a folder with its bytes and modification time."""
+    return {
+        path: (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file()
+    }
 
-    with pytest.raises(InputError, match=r"--lambda, --steps cannot change them.*--init-from"):
-        config_from_args(["--resume", "-o", "runs/x", "--steps", "10", "--lambda", "0.1"])
-    config = config_from_args(["--resume", "-o", "runs/x", "--no-progress", "--device", "cpu"])
-    assert config.resume and config.out == "runs/x" and config.device == "cpu"
+
+def _argv(test_images, out, *extra):
+    return [
+        "-d", str(test_images), "--N", "8", "--M", "8", "--batch-size", "2", "--threads", "1",
+        "--steps", "3", "--checkpoint-every", "1", "--eval-every", "1000", "--no-final-eval",
+        "--no-progress", "-o", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_resume_with_the_same_command_line(test_images, tmp_path, capsys):
+    """The command that started a run, with --resume, continues it (runtime flags may
+    differ); on a finished run it reports so and exits 0."""
+    out = tmp_path / "run"
+    argv = _argv(test_images, out, "--balancer", "weighted-sum", "--lambda", "0.0067")
+    config = config_from_args(argv)
+    trainer = Trainer(config, out, None)
+    out.mkdir()
+    trainer.total_steps = 2  # stopped after checkpoint 2, like a killed run
+    for x, seeds in trainer.batches():
+        trainer.train_step(x, seeds)
+        trainer.save(out / "checkpoint.pt")
+    assert main([*argv, "--resume", "--device", "cpu", "--workers", "0"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    full = tmp_path / "full"
+    assert main(_argv(test_images, full, "--balancer", "weighted-sum", "--lambda", "0.0067")) == 0
+    _assert_same_parameters(full, out)
+    before = _tree(out)
+    assert main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"the run in {out} had already finished (3 steps): nothing to train" in printed
+    assert _tree(out) == before
+
+
+def test_resume_refuses_flags_that_change_the_run(test_images, tmp_path, capsys):
+    """Each flag whose value differs from the run's is named, as typed, old → new, with the
+    way to start a new run from the weights; the run folder is left as it was."""
+    out = tmp_path / "run"
+    argv = _argv(test_images, out, "--balancer", "weighted-sum")
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    changed = [*argv, "--lambda", "0.1", "--balancer", "coarse-to-fine", "--final-eval"]
+    changed[changed.index("--steps") + 1] = "5"
+    assert main([*changed, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for part in (
+        "--steps 3 → 5",
+        "--balancer weighted-sum → coarse-to-fine",
+        "--lambda 0.013 → 0.1",
+        "--no-final-eval → --final-eval",
+        f"--init-from {str(out / 'checkpoint.pt')!r}",
+    ):
+        assert part in err[0], err[0]
+    assert "--no-progress" not in err[0] and "--threads" not in err[0]
+    assert _tree(out) == before
+    # a flag typed with its default value still has to be the run's: coarse-to-fine is the
+    # default, the run's balancer is the weighted sum
+    assert main(["-o", str(out), "--resume", "--balancer", "coarse-to-fine"]) == 2
+    assert "--balancer weighted-sum → coarse-to-fine" in capsys.readouterr().err
+    # the same through the Python API: fields set to something other than their default
+    with pytest.raises(InputError, match=r"--lambda 0.013 → 0.1.*--init-from"):
+        train(replace(config_from_args(argv), lmbda=0.1, resume=True))
+    assert train(TrainConfig(out=str(out), resume=True, progress=False)).already_finished
+    assert _tree(out) == before
+
+
+def test_typed_flags_are_named_as_typed():
+    typed = typed_flags(["-m", "mbt2018", "--lambda=0.1", "--no-progress", "-o", "x"])
+    assert typed == {"model": "-m", "lmbda": "--lambda", "progress": "--no-progress", "out": "-o"}
 
 
 def test_ms_ssim_needs_large_evaluation_images(tiny_config, test_images):

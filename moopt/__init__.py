@@ -10,23 +10,34 @@ and never imports a deep-learning framework; [`moopt.pytorch`][moopt.pytorch] is
 from moopt.balancers import (
     Balancer,
     CoarseToFineBalancer,
+    ConFIGBalancer,
+    DualProjBalancer,
     EqQPBalancer,
+    GradVacBalancer,
     MGDABalancer,
+    PCGradBalancer,
     TargetBalancer,
+    UPGradBalancer,
     WeightedSumBalancer,
 )
 from moopt.objectives import CallableObjective, Objective
-from moopt.solvers import eq_qp_weights, mgda_weights
+from moopt.solvers import dual_cone_weights, eq_qp_weights, mgda_weights
 
 __all__ = [
     "Balancer",
     "CallableObjective",
     "CoarseToFineBalancer",
+    "ConFIGBalancer",
+    "DualProjBalancer",
     "EqQPBalancer",
+    "GradVacBalancer",
     "MGDABalancer",
     "Objective",
+    "PCGradBalancer",
     "TargetBalancer",
+    "UPGradBalancer",
     "WeightedSumBalancer",
+    "dual_cone_weights",
     "eq_qp_weights",
     "mgda_weights",
 ]

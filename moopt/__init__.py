@@ -10,31 +10,42 @@ and never imports a deep-learning framework; [`moopt.pytorch`][moopt.pytorch] is
 from moopt.balancers import (
     Balancer,
     CoarseToFineBalancer,
+    ConFIGBalancer,
+    DualProjBalancer,
     DWABalancer,
     EqQPBalancer,
+    GradVacBalancer,
     MGDABalancer,
+    PCGradBalancer,
     RLWBalancer,
     STCHBalancer,
     TargetBalancer,
     UncertaintyBalancer,
+    UPGradBalancer,
     WeightedSumBalancer,
 )
 from moopt.objectives import CallableObjective, Objective
-from moopt.solvers import eq_qp_weights, mgda_weights
+from moopt.solvers import dual_cone_weights, eq_qp_weights, mgda_weights
 
 __all__ = [
     "Balancer",
     "CallableObjective",
     "CoarseToFineBalancer",
+    "ConFIGBalancer",
     "DWABalancer",
+    "DualProjBalancer",
     "EqQPBalancer",
+    "GradVacBalancer",
     "MGDABalancer",
     "Objective",
+    "PCGradBalancer",
     "RLWBalancer",
     "STCHBalancer",
     "TargetBalancer",
+    "UPGradBalancer",
     "UncertaintyBalancer",
     "WeightedSumBalancer",
+    "dual_cone_weights",
     "eq_qp_weights",
     "mgda_weights",
 ]

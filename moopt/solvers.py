@@ -1,6 +1,6 @@
-r"""Exact solvers for the two small quadratic programs behind the Gram-based balancers.
+r"""Exact solvers for the small quadratic programs behind the Gram-based balancers.
 
-Both work on the ``k × k`` Gram matrix ``Q`` of the objective gradients (``Q_ij = g_iᵀ g_j``)
+All work on the ``k × k`` Gram matrix ``Q`` of the objective gradients (``Q_ij = g_iᵀ g_j``)
 and return the weights ``w`` of the update direction ``d = Σ_i w_i g_i``, whose squared norm
 is ``‖d‖² = wᵀQw``:
 
@@ -9,10 +9,12 @@ is ``‖d‖² = wᵀQw``:
   gradient.
 * [`mgda_weights`][moopt.solvers.mgda_weights] — ``min ½ wᵀQw  s.t.  Σ_i w_i = 1, w ≥ 0``: the
   min-norm point of the convex hull of the gradients (MGDA).
+* [`dual_cone_weights`][moopt.solvers.dual_cone_weights] — ``min ½ wᵀQw  s.t.  w ≥ u``: the
+  projection of ``Σ_i u_i g_i`` onto the dual cone of the gradients (UPGrad, DualProj).
 
 How they are solved
 -------------------
-For ``k = 2`` both have closed forms. For ``k > 2`` the problem is first *equilibrated*:
+For ``k = 2`` the first two have closed forms. For ``k > 2`` the problem is first *equilibrated*:
 with ``s_i = ‖g_i‖ = √Q_ii`` and ``w = v / s``, it becomes ``min ½ vᵀCv  s.t.  aᵀv = 1``
 with ``C = S⁻¹QS⁻¹`` (the matrix of cosines between the gradients) and ``a = 1/s``. So the
 result does not depend on the overall scale of the gradients (1e-12 or 1e12 alike), and
@@ -27,6 +29,13 @@ worse conditioned than ``C``, and it stays regular where ``Q`` is singular but t
 solution is unique (a zero gradient, two parallel gradients of different lengths). MGDA for
 ``k > 2`` is a primal active-set method whose sub-problems are that same
 equality-constrained QP on the free objectives; it stops at an exact KKT point.
+
+The dual-cone projection is equilibrated the same way: ``w = u + x / s`` turns it into the
+non-negative least-squares problem ``min_{x ≥ 0} (s∘u + x)ᵀC(s∘u + x)``, which a Lawson–Hanson
+active-set method solves exactly (see [`dual_cone_weights`][moopt.solvers.dual_cone_weights]).
+Its weights are not unique when the gradients are linearly dependent, but the projection is;
+the sub-problems then take the minimum-norm solution, and
+[`QPSolution.exact`][moopt.solvers.QPSolution] is ``False``.
 
 Fallback for singular problems
 ------------------------------
@@ -47,13 +56,15 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from moopt.validation import FloatArray, as_square_gram
+from moopt.validation import FloatArray, as_finite_vector, as_square_gram
 
 __all__ = [
     "SINGULAR_RTOL",
     "QPSolution",
+    "dual_cone_weights",
     "eq_qp_weights",
     "mgda_weights",
+    "solve_dual_cone",
     "solve_eq_qp",
     "solve_mgda",
 ]
@@ -74,7 +85,8 @@ class QPSolution:
     Attributes
     ----------
     weights : numpy.ndarray
-        Float64 weights of shape ``(k,)``, summing to 1.
+        Float64 weights of shape ``(k,)``, summing to 1 (except those of
+        [`solve_dual_cone`][moopt.solvers.solve_dual_cone], which are bounded below instead).
     squared_norm : float
         ``wᵀQw = ‖Σ_i w_i g_i‖²``, in the units of the input Gram.
     exact : bool
@@ -346,3 +358,160 @@ def mgda_weights(gram: ArrayLike) -> FloatArray:
     array([1., 0.])
     """
     return solve_mgda(gram).weights
+
+
+_MAX_ACTIVE_SET_ITERATIONS = 100
+"""Per objective: the active-set loops below never come near it (each step lowers the objective)."""
+
+
+def _pseudo_solve(c: FloatArray, rhs: FloatArray) -> FloatArray:
+    """Return the minimum-norm solution of ``C x = rhs`` for a PSD ``C``.
+
+    Eigenvalues below [`SINGULAR_RTOL`][moopt.solvers.SINGULAR_RTOL] times ``trace(C)`` count as 0.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (c + c.T))
+    keep = eigenvalues > SINGULAR_RTOL * max(float(np.trace(c)), _TINY)
+    solution: FloatArray = eigenvectors[:, keep] @ (
+        (eigenvectors[:, keep].T @ rhs) / eigenvalues[keep]
+    )
+    return solution
+
+
+def _free_minimiser(c: FloatArray, b: FloatArray, free: NDArray[np.bool_]) -> FloatArray:
+    """Minimise ``½ xᵀCx + bᵀx`` over the free entries, the others fixed at 0."""
+    target = np.zeros(len(c))
+    indices = np.flatnonzero(free)
+    if indices.size:
+        target[indices] = _pseudo_solve(c[np.ix_(indices, indices)], -b[indices])
+    return target
+
+
+def _nonnegative_least_squares(c: FloatArray, start: FloatArray) -> tuple[FloatArray, bool]:
+    """Solve ``min ½ (y₀ + x)ᵀ C (y₀ + x)`` over ``x ≥ 0`` (Lawson–Hanson, on the Gram).
+
+    ``C`` is the Gram of some vectors ``a_i``, so this is the non-negative least-squares problem
+    ``min ‖A x + A y₀‖²``. The free set holds the entries allowed above 0. Each outer
+    iteration frees the entry whose partial derivative ``(C(y₀ + x))_i`` is the most negative
+    (beyond rounding); the inner loop minimises over the free entries with the others at 0
+    (the minimum-norm solution of ``C_FF x_F = −(C y₀)_F``, which always exists because the
+    right-hand side lies in the range of ``C_FF``) and, where that minimiser has entries ≤ 0,
+    moves towards it until the first entry reaches 0 and fixes that entry. As in Lawson and
+    Hanson's algorithm, an entry whose own minimiser would not be positive is not freed (it can
+    only lower the objective by rounding). It stops at a KKT point: ``x ≥ 0``, the partial
+    derivatives are 0 on the free entries and ≥ 0 (up to rounding) on the others.
+    """
+    k = len(c)
+    b = c @ start
+    x = np.zeros(k)
+    free = np.zeros(k, dtype=bool)
+    refused = np.zeros(k, dtype=bool)
+    for _ in range(_MAX_ACTIVE_SET_ITERATIONS * k):
+        y = start + x
+        derivatives = c @ y
+        rounding = _ROUNDING * (np.abs(c) @ np.abs(y))
+        candidates = ~free & ~refused & (derivatives < -rounding)
+        if not candidates.any():
+            return x, True
+        entering = int(np.argmin(np.where(candidates, derivatives, np.inf)))
+        free[entering] = True
+        target = _free_minimiser(c, b, free)
+        if target[entering] <= 0:
+            free[entering] = False
+            refused[entering] = True
+            continue
+        refused[:] = False
+        while True:
+            shrinking = np.flatnonzero(free & (target <= 0))
+            if shrinking.size == 0:
+                x = np.where(free, target, 0.0)
+                break
+            ratios = x[shrinking] / np.maximum(x[shrinking] - target[shrinking], _TINY)
+            x = x + ratios.min() * (target - x)
+            x[shrinking[np.argmin(ratios)]] = 0.0
+            free &= x > 0
+            x = np.where(free, x, 0.0)
+            target = _free_minimiser(c, b, free)
+    return x, False
+
+
+def solve_dual_cone(gram: ArrayLike, u: ArrayLike) -> QPSolution:
+    """Solve ``min ½ wᵀQw subject to w ≥ u`` exactly.
+
+    The same problem as [`dual_cone_weights`][moopt.solvers.dual_cone_weights], with its
+    diagnostics. The weights do not sum to 1 in general (they sum to at least ``Σ_i u_i``).
+
+    Parameters
+    ----------
+    gram : array_like
+        The ``k × k`` symmetric positive semi-definite Gram matrix ``Q``.
+    u : array_like
+        The ``k`` weights of the vector ``Σ_i u_i g_i`` to project.
+
+    Returns
+    -------
+    QPSolution
+        The weights ``w``, ``wᵀQw`` (the squared norm of the projection) and whether the
+        active-set method stopped at a KKT point of a problem whose minimiser is unique.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``gram`` is not a finite, square, symmetric PSD matrix of real numbers, or ``u`` is
+        not a finite vector of length ``k``.
+    """
+    q = as_square_gram(gram)
+    target = as_finite_vector(u, "u", len(q))
+    diagonal = np.diag(q)
+    if not np.any(diagonal > 0):
+        return QPSolution(target, 0.0, exact=False)
+    problem = _Equilibrated.of(q)
+    scales = 1.0 / problem.a
+    x, converged = _nonnegative_least_squares(problem.c, scales * target)
+    weights: FloatArray = target + x * problem.a
+    unique = bool(np.linalg.eigvalsh(problem.c)[0] > SINGULAR_RTOL * len(q))
+    return _solution(q, weights, converged and unique)
+
+
+def dual_cone_weights(gram: ArrayLike, u: ArrayLike) -> FloatArray:
+    r"""Return the weights of the projection of ``Σ_i u_i g_i`` onto the dual cone of the gradients.
+
+    The dual cone ``{x : g_iᵀx ≥ 0 for every i}`` holds the directions that conflict with no
+    gradient. The projection of ``Jᵀu`` onto it is ``Jᵀw`` with (Proposition 1 of Quinton and
+    Rey, *Jacobian Descent for Multi-Objective Optimization*, 2024)
+
+    $$w = \operatorname{argmin}\limits_{w \ge u} \; w^\top Q w,$$
+
+    a problem on the Gram alone. Writing ``w = u + x / s`` with ``s_i = ‖g_i‖`` turns it into
+    the non-negative least-squares problem ``min_{x ≥ 0} (s∘u + x)ᵀ C (s∘u + x)`` on the cosine
+    matrix ``C``, which a Lawson–Hanson active-set method solves exactly (it stops at a KKT
+    point: ``x ≥ 0``, ``(Qw)_i = g_iᵀJᵀw = 0`` wherever ``w_i > u_i`` and ``≥ 0`` elsewhere).
+    The result does not depend on the overall scale of the gradients. The projection ``Jᵀw`` is
+    always unique; when the gradients are linearly dependent several ``w`` give it, and the
+    method returns one of them (a zero gradient keeps ``w_i = u_i``). If all gradients are zero,
+    ``w = u``.
+
+    Parameters
+    ----------
+    gram : array_like
+        The ``k × k`` symmetric positive semi-definite Gram matrix ``Q``.
+    u : array_like
+        The ``k`` weights of the vector ``Σ_i u_i g_i`` to project.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 weights ``w ≥ u`` of shape ``(k,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = np.array([[1.0, 0.0], [-1.0, 1.0]])  # two conflicting gradients, as rows
+    >>> w = dual_cone_weights(g @ g.T, [1.0, 0.0])  # project g_1
+    >>> w
+    array([1. , 0.5])
+    >>> w @ g  # the projection g_1 + ½ g_2
+    array([0.5, 0.5])
+    >>> g @ (w @ g)  # conflicts with neither gradient, and is orthogonal to g_2
+    array([0.5, 0. ])
+    """
+    return solve_dual_cone(gram, u).weights

@@ -56,3 +56,14 @@ def assert_parallel(direction: np.ndarray, reference: np.ndarray, rtol: float = 
     assert scale > 0
     error = np.linalg.norm(direction - scale * reference)
     assert error <= rtol * np.linalg.norm(direction), (error, direction, reference)
+
+
+def cosine_condition(gradients: np.ndarray) -> float:
+    """The condition number of the cosine matrix of the (non-zero) gradients.
+
+    A solution computed from the Gram has a relative error of about this times the rounding
+    unit, so tolerances of comparisons with methods that work on the gradients scale with it.
+    """
+    norms = np.linalg.norm(gradients, axis=1)
+    units = gradients[norms > 0] / norms[norms > 0, None]
+    return float(np.linalg.cond(units @ units.T))

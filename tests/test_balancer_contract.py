@@ -11,13 +11,18 @@ from strategies import gradient_cases, permutation_seeds, random_permutation
 from moopt import (
     Balancer,
     CoarseToFineBalancer,
+    ConFIGBalancer,
+    DualProjBalancer,
     DWABalancer,
     EqQPBalancer,
+    GradVacBalancer,
     MGDABalancer,
+    PCGradBalancer,
     RLWBalancer,
     STCHBalancer,
     TargetBalancer,
     UncertaintyBalancer,
+    UPGradBalancer,
     WeightedSumBalancer,
 )
 
@@ -47,6 +52,13 @@ FACTORIES = {
     "target-dwa": lambda: TargetBalancer(DWABalancer(), [None, 1.0, None]),
     "target-uncertainty": lambda: TargetBalancer(UncertaintyBalancer(), [1.0, None, None]),
     "target-stch": lambda: TargetBalancer(STCHBalancer(), {1: 1.0}, num_objectives=K),
+    "upgrad": lambda: UPGradBalancer(),
+    "upgrad-pref": lambda: UPGradBalancer([0.5, 0.2, 0.3]),
+    "dualproj": lambda: DualProjBalancer(),
+    "pcgrad": lambda: PCGradBalancer(seed=0),
+    "gradvac": lambda: GradVacBalancer(seed=0),
+    "gradvac-beta": lambda: GradVacBalancer(beta=0.01, seed=1),
+    "config": lambda: ConFIGBalancer(),
 }
 balancer_names = pytest.mark.parametrize("name", sorted(FACTORIES))
 
@@ -147,10 +159,12 @@ def test_state_dict_names_the_balancer(name):
 
 @given(gradient_cases(min_k=K, max_k=K), permutation_seeds)
 def test_gram_balancers_are_permutation_equivariant(case, seed):
-    """For MGDA and EqQP, relabelling the objectives (losses and Gram) relabels the weights."""
+    """For the deterministic Gram-based balancers, relabelling the objectives (losses and Gram)
+    relabels the weights."""
     losses = np.random.default_rng(seed).uniform(0.5, 5.0, K)
     perm = random_permutation(K, seed)
-    for name in ("mgda", "mgda-loss", "mgda-l2", "eq-qp", "eq-qp-raw"):
+    names = ("mgda", "mgda-loss", "mgda-l2", "eq-qp", "eq-qp-raw", "upgrad", "dualproj", "config")
+    for name in names:
         balancer = FACTORIES[name]()
         assert_permutation_equivariant(balancer.weights, losses, case.gram, perm, rtol=1e-7)
 
@@ -162,7 +176,7 @@ def test_repr_shows_the_configuration():
     assert repr(WeightedSumBalancer([1, 2])) == "WeightedSumBalancer(weights=[1.0, 2.0])"
 
 
-@pytest.mark.parametrize("name", ["weighted-sum", "mgda", "eq-qp"])
+@pytest.mark.parametrize("name", ["weighted-sum", "mgda", "eq-qp", "upgrad", "dualproj", "config"])
 def test_update_does_not_change_stateless_balancers(name):
     """update() is a no-op for stateless balancers: the next weights are the same."""
     losses, gram, new_losses = _trajectory(4)[0]
@@ -178,10 +192,15 @@ def test_declared_sums():
     assert not TargetBalancer(EqQPBalancer(), [1.0, None]).weights_sum_to_one
     for name in ("mgda", "eq-qp", "coarse-to-fine-adam"):
         assert FACTORIES[name]().weights_sum_to_one
+    for name in ("upgrad", "dualproj", "pcgrad", "gradvac", "config"):  # TorchJD's scales
+        assert not FACTORIES[name]().weights_sum_to_one
 
 
 def test_requires_gram_flags():
     """Only the Gram-based methods ask for the Gram (and so for k gradients)."""
     assert MGDABalancer.requires_gram and EqQPBalancer.requires_gram
+    for balancer in (UPGradBalancer, DualProjBalancer, PCGradBalancer, GradVacBalancer):
+        assert balancer.requires_gram and not balancer.requires_update
+    assert ConFIGBalancer.requires_gram and not ConFIGBalancer.requires_update
     assert not WeightedSumBalancer.requires_gram
     assert not CoarseToFineBalancer.requires_gram

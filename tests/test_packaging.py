@@ -29,7 +29,9 @@ def test_core_does_not_import_torch_or_compressai():
     code = (
         "import sys, moopt, moopt.solvers\n"
         "g = [[1.0, 0.2], [0.2, 2.0]]\n"
-        "for b in (moopt.MGDABalancer(), moopt.EqQPBalancer()):\n"
+        "for b in (moopt.MGDABalancer(), moopt.EqQPBalancer(), moopt.UPGradBalancer(),\n"
+        "          moopt.DualProjBalancer(), moopt.PCGradBalancer(), moopt.GradVacBalancer(),\n"
+        "          moopt.ConFIGBalancer()):\n"
         "    b.weights([1.0, 2.0], g)\n"
         "c = moopt.CoarseToFineBalancer(2); c.weights([1.0, 2.0]); c.update([0.9, 1.9])\n"
         "moopt.WeightedSumBalancer([1, 1]).weights([1, 1])\n"

@@ -32,7 +32,8 @@ class Balancer(abc.ABC):
     The weights apply to the *raw* objective gradients ``∇L_i``: the update direction is
     ``d = Σ_i w_i ∇L_i``; they sum to 1 where the class declares ``weights_sum_to_one``
     (all but the fixed weights of [`WeightedSumBalancer`][moopt.WeightedSumBalancer], targets
-    and a few methods that keep their authors' scale). Inputs are validated before any work; a bad input raises
+    and a few methods that keep their authors' scale). Inputs are validated before any work;
+    a bad input raises
     [`TypeError`](https://docs.python.org/3/library/exceptions.html#TypeError) or
     [`ValueError`](https://docs.python.org/3/library/exceptions.html#ValueError) naming the
     argument.

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from moopt_lic.amp import AMP_MODES
+from moopt_lic.balancers import BALANCERS as BALANCER_REGISTRY
+from moopt_lic.balancers import build_base_balancer
 from moopt_lic.errors import InputError
 from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
 
@@ -41,8 +43,8 @@ DEFAULT_STEPS = 1500
 #: one, coarse-to-fine would train the demo codec far below the rate its λ asks for.
 DEMO_TARGET_BPP = 0.3
 
-#: Names understood by ``--balancer``.
-BALANCERS = ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
+#: Names understood by ``--balancer``: the registry's ([`moopt_lic.balancers`][]).
+BALANCERS = tuple(BALANCER_REGISTRY)
 
 
 RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
@@ -162,6 +164,14 @@ class TrainConfig:
     balancer: str = field(
         default="coarse-to-fine",
         metadata=_opt("how rate and distortion gradients are combined", choices=list(BALANCERS)),
+    )
+    balancer_option: list[str] | None = field(
+        default=None,
+        metadata=_opt(
+            "a setting of the balancer as NAME=VALUE, repeatable (e.g. --balancer pcgrad "
+            "--balancer-option seed=3); the names are the balancer class's arguments",
+            action="append",
+        ),
     )
     logit_lr: float = field(default=0.025, metadata=_opt("coarse-to-fine: logit learning rate β"))
     gamma: float = field(default=0.003, metadata=_opt("coarse-to-fine: logit weight decay γ"))
@@ -299,10 +309,7 @@ class TrainConfig:
         The message names the flag and what is allowed.
         """
         spec = self.model_spec
-        if self.balancer not in BALANCERS:
-            raise InputError(
-                f"unknown balancer {self.balancer!r}; choose one of: {', '.join(BALANCERS)}"
-            )
+        build_base_balancer(self)  # an unknown name or a refused setting: one line, now
         if not (math.isfinite(self.lmbda) and self.lmbda > 0):
             raise InputError(f"--lambda must be a finite number > 0, got {self.lmbda}")
         if self.patch_size < 1 or self.patch_size % spec.downsampling:
@@ -392,6 +399,8 @@ def _has_kind(value: Any, kind: str) -> bool:
     options = {option.strip() for option in kind.split("|")}
     if value is None:
         return "None" in options
+    if isinstance(value, list):
+        return "list[str]" in options and all(isinstance(item, str) for item in value)
     if isinstance(value, bool):
         return "bool" in options
     if isinstance(value, int):

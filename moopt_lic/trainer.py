@@ -37,14 +37,11 @@ from tqdm import tqdm
 
 from moopt import (
     Balancer,
-    CoarseToFineBalancer,
-    EqQPBalancer,
-    MGDABalancer,
     TargetBalancer,
-    WeightedSumBalancer,
 )
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
 from moopt_lic.amp import autocast
+from moopt_lic.balancers import build_base_balancer
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
@@ -100,27 +97,9 @@ class TrainResult:
 
 def build_balancer(config: TrainConfig) -> Balancer:
     """Build the balancer named by ``config.balancer``, wrapped to hold the run's target."""
-    base = _base_balancer(config)
+    base = build_base_balancer(config)
     target = target_of(config.target_bpp, config.target_psnr, config.lmbda)
     return base if target is None else TargetBalancer(base, target.targets())
-
-
-def _base_balancer(config: TrainConfig) -> Balancer:
-    if config.balancer == "weighted-sum":
-        return WeightedSumBalancer([1.0, 1.0])  # λ is inside D: L = R + D
-    if config.balancer == "mgda":
-        return MGDABalancer(normalization=config.mgda_normalization)  # type: ignore[arg-type]
-    if config.balancer == "eq-qp":
-        floor = 0.0 if config.loss_floor is None else config.loss_floor
-        return EqQPBalancer(log_losses=True, loss_floor=floor)
-    floor = -1.0 if config.loss_floor is None else config.loss_floor
-    return CoarseToFineBalancer(
-        2,
-        logit_lr=config.logit_lr,
-        gamma=config.gamma,
-        loss_floor=floor,
-        logit_optimizer=config.logit_optimizer,  # type: ignore[arg-type]
-    )
 
 
 def resolve_device(name: str) -> torch.device:

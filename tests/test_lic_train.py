@@ -276,7 +276,7 @@ def _bad_input(capsys, argv):
     ("argv", "message"),
     [
         (["--model", "jpeg"], "argument -m/--model: invalid choice: 'jpeg'"),
-        (["--balancer", "pcgrad"], "argument --balancer: invalid choice: 'pcgrad'"),
+        (["--balancer", "nope"], "argument --balancer: invalid choice: 'nope'"),
         (["--lambda", "0"], "--lambda must be a finite number > 0, got 0.0"),
         (["--lambda", "-1"], "--lambda must be a finite number > 0"),
         (["--patch-size", "100"], "--patch-size 100 is not a multiple of 64"),

@@ -212,6 +212,7 @@ def test_matches_torchjd(c, layout):
     torch = pytest.importorskip("torch")
     aggregation = pytest.importorskip("torchjd.aggregation")
     pytest.importorskip("cvxpy")
+    pytest.importorskip("clarabel")  # TorchJD's CAGrad solves with CLARABEL
     for jacobian in _jacobians(layout, seed=int(100 * c)):
         k = len(jacobian)
         gram = jacobian @ jacobian.T

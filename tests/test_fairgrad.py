@@ -178,12 +178,14 @@ def test_bad_input_gets_a_clear_error(make, error, message):
 
 
 def _torchjd_fairgrad(jacobian: np.ndarray, alpha: float) -> np.ndarray:
+    pytest.importorskip("scipy")  # TorchJD's FairGrad solves with scipy's least_squares
     torch = pytest.importorskip("torch")
     aggregation = pytest.importorskip("torchjd.aggregation")
     return aggregation.FairGrad(alpha=alpha)(torch.tensor(jacobian)).numpy()
 
 
 def _torchjd_weights(gram: np.ndarray, alpha: float) -> np.ndarray:
+    pytest.importorskip("scipy")
     torch = pytest.importorskip("torch")
     aggregation = pytest.importorskip("torchjd.aggregation")
     return aggregation.FairGradWeighting(alpha=alpha)(torch.tensor(gram)).numpy()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mpmath
 import numpy as np
 import pytest
 from hypothesis import given
@@ -20,6 +19,7 @@ def _projections(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def _exact_weights(gram: np.ndarray) -> np.ndarray:
     """v = G⁻¹ diag(G)^½ normalised to sum 1, in 60-digit arithmetic on the float64 Gram."""
+    mpmath = pytest.importorskip("mpmath")
     with mpmath.workdps(60):
         matrix = mpmath.matrix(gram.tolist())
         norms = mpmath.matrix([mpmath.sqrt(mpmath.mpf(float(q))) for q in np.diag(gram)])

@@ -8,14 +8,20 @@ and never imports a deep-learning framework; [`moopt.pytorch`][moopt.pytorch] is
 """
 
 from moopt.balancers import (
+    AlignedMTLBalancer,
     Balancer,
+    CAGradBalancer,
     CoarseToFineBalancer,
     ConFIGBalancer,
     DualProjBalancer,
     DWABalancer,
     EqQPBalancer,
+    FairGradBalancer,
+    GradNormBalancer,
     GradVacBalancer,
+    IMTLGBalancer,
     MGDABalancer,
+    NashMTLBalancer,
     PCGradBalancer,
     RLWBalancer,
     STCHBalancer,
@@ -28,15 +34,21 @@ from moopt.objectives import CallableObjective, Objective
 from moopt.solvers import dual_cone_weights, eq_qp_weights, mgda_weights
 
 __all__ = [
+    "AlignedMTLBalancer",
     "Balancer",
+    "CAGradBalancer",
     "CallableObjective",
     "CoarseToFineBalancer",
     "ConFIGBalancer",
     "DWABalancer",
     "DualProjBalancer",
     "EqQPBalancer",
+    "FairGradBalancer",
+    "GradNormBalancer",
     "GradVacBalancer",
+    "IMTLGBalancer",
     "MGDABalancer",
+    "NashMTLBalancer",
     "Objective",
     "PCGradBalancer",
     "RLWBalancer",

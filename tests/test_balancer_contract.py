@@ -9,14 +9,20 @@ from properties import assert_permutation_equivariant, assert_valid_weights
 from strategies import gradient_cases, permutation_seeds, random_permutation
 
 from moopt import (
+    AlignedMTLBalancer,
     Balancer,
+    CAGradBalancer,
     CoarseToFineBalancer,
     ConFIGBalancer,
     DualProjBalancer,
     DWABalancer,
     EqQPBalancer,
+    FairGradBalancer,
+    GradNormBalancer,
     GradVacBalancer,
+    IMTLGBalancer,
     MGDABalancer,
+    NashMTLBalancer,
     PCGradBalancer,
     RLWBalancer,
     STCHBalancer,
@@ -59,6 +65,18 @@ FACTORIES = {
     "gradvac": lambda: GradVacBalancer(seed=0),
     "gradvac-beta": lambda: GradVacBalancer(beta=0.01, seed=1),
     "config": lambda: ConFIGBalancer(),
+    "cagrad": lambda: CAGradBalancer(),
+    "cagrad-c0.9": lambda: CAGradBalancer(c=0.9),
+    "nash-mtl": lambda: NashMTLBalancer(),
+    "nash-mtl-unscaled": lambda: NashMTLBalancer(max_norm=0.0),
+    "imtl-g": lambda: IMTLGBalancer(),
+    "aligned-mtl": lambda: AlignedMTLBalancer(),
+    "aligned-mtl-pref": lambda: AlignedMTLBalancer([0.5, 0.3, 0.2], scale_mode="median"),
+    "fairgrad": lambda: FairGradBalancer(),
+    "fairgrad-alpha2": lambda: FairGradBalancer(alpha=2.0),
+    "gradnorm": lambda: GradNormBalancer(),
+    "gradnorm-k": lambda: GradNormBalancer(alpha=0.5, lr=0.1, num_objectives=K),
+    "target-nash-mtl": lambda: TargetBalancer(NashMTLBalancer(), [None, 1.0, None]),
 }
 balancer_names = pytest.mark.parametrize("name", sorted(FACTORIES))
 

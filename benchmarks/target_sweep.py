@@ -75,6 +75,13 @@ ARMS = {
 }
 #: The arm each arm's PSNR is compared with: equal steps, same start.
 CONTROL = {"c2f": "ws", "eq-qp": "ws+", "mgda": "ws+", "eq-qp-f": "ws+"}
+#: The arms of a default run (the table in docs/benchmarks.md).
+DEFAULT_ARMS = tuple(ARMS)
+#: More fine-tunes of the ws checkpoints, with the methods of TorchJD and LibMTL
+#: (``--arms ws ws+ nash-mtl imtl-g aligned-mtl upgrad dwa uncertainty``).
+for _name in ("nash-mtl", "imtl-g", "aligned-mtl", "upgrad", "dwa", "uncertainty"):
+    ARMS[_name] = Arm(_name, finetune=True)
+    CONTROL[_name] = "ws+"
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,8 @@ def row_of(run: Run, out: Path) -> dict | None:
 
 
 def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
+    arms = list(dict.fromkeys(run.arm for run in runs))
+    compared = {arm: CONTROL[arm] for arm in arms if arm in CONTROL}
     lines = [
         "| arm | target bpp | seed | training bpp | coded bpp | PSNR (dB) | effective λ | "
         "train s |",
@@ -210,12 +219,12 @@ def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
         f"PSNR at equal rate (mean over seeds {', '.join(map(str, seeds))}; Δ against the "
         "arm with the same start and steps):",
         "",
-        "| target bpp | " + " | ".join(ARMS) + " |",
-        "|---|" + "---|" * len(ARMS),
+        "| target bpp | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
     ]
     for target in TARGETS:
         cells = []
-        for arm in ARMS:
+        for arm in arms:
             psnr = _mean_psnr(rows, arm, target, seeds)
             control = _mean_psnr(rows, CONTROL[arm], target, seeds) if arm in CONTROL else None
             if psnr is None:
@@ -233,12 +242,12 @@ def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
         "in log bpp) at the arm's coded rate; only points inside the control's coded range "
         "count (their number in brackets).",
         "",
-        "| seed | " + " | ".join(CONTROL) + " |",
-        "|---|" + "---|" * len(CONTROL),
+        "| seed | " + " | ".join(compared) + " |",
+        "|---|" + "---|" * len(compared),
     ]
     for seed in seeds:
         cells = []
-        for arm, control in CONTROL.items():
+        for arm, control in compared.items():
             difference, count = _equal_rate_difference(rows, arm, control, seed)
             cells.append("–" if count == 0 else f"{difference:+.2f} ({count})")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
@@ -274,7 +283,7 @@ def _mean_psnr(rows: dict, arm: str, target: float, seeds: list[int]) -> float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, 1 thread each")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target_sweep")
     parser.add_argument("--report", action="store_true", help="only print the table")

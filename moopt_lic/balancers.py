@@ -81,7 +81,6 @@ def _coarse_to_fine(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-#: Every name ``--balancer`` accepts, in the order ``--help`` lists them.
 BALANCERS: dict[str, BalancerChoice] = {
     "weighted-sum": BalancerChoice(
         WeightedSumBalancer, "L = R + D, λ inside D", lambda config: {"weights": [1.0, 1.0]}
@@ -111,6 +110,7 @@ BALANCERS: dict[str, BalancerChoice] = {
     "rlw": BalancerChoice(RLWBalancer, "random loss weights"),
     "stch": BalancerChoice(STCHBalancer, "smooth Tchebycheff scalarisation"),
 }
+"""Every name ``--balancer`` accepts, in the order ``--help`` lists them."""
 
 
 def _parameters(cls: type[Balancer]) -> dict[str, inspect.Parameter]:

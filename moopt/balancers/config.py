@@ -2,19 +2,9 @@ r"""ConFIG (Liu et al., ICLR 2025): the direction with equal cosines to every gr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
-from numpy.typing import ArrayLike
 
-from moopt.balancers._preference import (
-    as_preference,
-    plain_preference,
-    preference_length,
-    preference_or_default,
-)
-from moopt.balancers.base import Balancer
+from moopt.balancers._preference import PreferenceBalancer, preference_or_default
 from moopt.solvers import SINGULAR_RTOL
 from moopt.validation import FloatArray
 
@@ -26,7 +16,7 @@ _NORMALIZE_EPS = 1e-12
 """``torch.nn.functional.normalize``'s default ``eps``, with which TorchJD normalises ``Û⁺p``."""
 
 
-class ConFIGBalancer(Balancer):
+class ConFIGBalancer(PreferenceBalancer):
     r"""ConFIG: the conflict-free direction with the same cosine to every gradient.
 
     ConFIG (Liu et al., *ConFIG: Towards Conflict-free Training of Physics Informed Neural
@@ -72,17 +62,6 @@ class ConFIGBalancer(Balancer):
     array([0.38268343, 0.38268343])
     """
 
-    requires_gram = True
-    weights_sum_to_one = False
-
-    def __init__(self, pref_vector: ArrayLike | None = None) -> None:
-        self.pref_vector = as_preference(pref_vector)
-
-    @property
-    def num_objectives(self) -> int | None:
-        """The length of ``pref_vector``, or None (any ``k``) for the default."""
-        return preference_length(self.pref_vector)
-
     def _weights(self, losses: FloatArray, gram: FloatArray | None) -> FloatArray:
         assert gram is not None
         k = len(losses)
@@ -99,9 +78,3 @@ class ConFIGBalancer(Balancer):
         squared_norm = max(float(coefficients @ products), _NORMALIZE_EPS**2)
         weights: FloatArray = coefficients * (float(products.sum()) / squared_norm)
         return weights
-
-    def _config(self) -> dict[str, Any]:
-        return {"pref_vector": plain_preference(self.pref_vector)}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.pref_vector = as_preference(state["pref_vector"], "state['pref_vector']")

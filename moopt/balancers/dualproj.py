@@ -2,25 +2,14 @@ r"""DualProj: the mean gradient projected onto the dual cone of the gradients.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from numpy.typing import ArrayLike
-
-from moopt.balancers._preference import (
-    as_preference,
-    plain_preference,
-    preference_length,
-    preference_or_default,
-)
-from moopt.balancers.base import Balancer
+from moopt.balancers._preference import PreferenceBalancer, preference_or_default
 from moopt.solvers import dual_cone_weights
 from moopt.validation import FloatArray
 
 __all__ = ["DualProjBalancer"]
 
 
-class DualProjBalancer(Balancer):
+class DualProjBalancer(PreferenceBalancer):
     r"""DualProj: project the preference-weighted gradient onto the dual cone of the gradients.
 
     The combination ``Σ_i p_i g_i`` (by default the mean gradient, ``p_i = 1/k``) is projected
@@ -55,24 +44,7 @@ class DualProjBalancer(Balancer):
     array([0. , 0.5])
     """
 
-    requires_gram = True
-    weights_sum_to_one = False
-
-    def __init__(self, pref_vector: ArrayLike | None = None) -> None:
-        self.pref_vector = as_preference(pref_vector)
-
-    @property
-    def num_objectives(self) -> int | None:
-        """The length of ``pref_vector``, or None (any ``k``) for the default."""
-        return preference_length(self.pref_vector)
-
     def _weights(self, losses: FloatArray, gram: FloatArray | None) -> FloatArray:
         assert gram is not None
         k = len(losses)
         return dual_cone_weights(gram, preference_or_default(self.pref_vector, k, 1.0 / k))
-
-    def _config(self) -> dict[str, Any]:
-        return {"pref_vector": plain_preference(self.pref_vector)}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.pref_vector = as_preference(state["pref_vector"], "state['pref_vector']")

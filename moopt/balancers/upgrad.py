@@ -2,26 +2,16 @@ r"""UPGrad (Quinton & Rey, 2024): each gradient projected onto the dual cone, th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
-from numpy.typing import ArrayLike
 
-from moopt.balancers._preference import (
-    as_preference,
-    plain_preference,
-    preference_length,
-    preference_or_default,
-)
-from moopt.balancers.base import Balancer
+from moopt.balancers._preference import PreferenceBalancer, preference_or_default
 from moopt.solvers import dual_cone_weights
 from moopt.validation import FloatArray
 
 __all__ = ["UPGradBalancer"]
 
 
-class UPGradBalancer(Balancer):
+class UPGradBalancer(PreferenceBalancer):
     r"""UPGrad: project every gradient onto the dual cone of all of them, and combine.
 
     The dual cone of the gradients, ``{x : g_jᵀx ≥ 0 for every j}``, holds the directions
@@ -62,17 +52,6 @@ class UPGradBalancer(Balancer):
     array([0.25, 0.5 ])
     """
 
-    requires_gram = True
-    weights_sum_to_one = False
-
-    def __init__(self, pref_vector: ArrayLike | None = None) -> None:
-        self.pref_vector = as_preference(pref_vector)
-
-    @property
-    def num_objectives(self) -> int | None:
-        """The length of ``pref_vector``, or None (any ``k``) for the default."""
-        return preference_length(self.pref_vector)
-
     def _weights(self, losses: FloatArray, gram: FloatArray | None) -> FloatArray:
         assert gram is not None
         k = len(losses)
@@ -83,9 +62,3 @@ class UPGradBalancer(Balancer):
             scaled_unit[i] = preference[i]
             weights += dual_cone_weights(gram, scaled_unit)
         return weights
-
-    def _config(self) -> dict[str, Any]:
-        return {"pref_vector": plain_preference(self.pref_vector)}
-
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.pref_vector = as_preference(state["pref_vector"], "state['pref_vector']")

@@ -69,7 +69,10 @@ def target_line(metrics: dict[str, Any]) -> list[str]:
     final = metrics.get("final_evaluation")
     if final:
         coded = final["bpp"] if target["objective"] == "rate" else final["psnr"]
-        line += f"; held-out images, real coding: {coded:.4g} {unit}"
+        line += (
+            f"; held-out images, real coding: {coded:.4g} {unit} (the target holds the "
+            f"training crops; whole photos of other content code differently)"
+        )
     return [line]
 
 

@@ -30,6 +30,8 @@ checkpoint, so the script can be started again after an interruption. About 50 m
     python benchmarks/target_sweep.py --seeds 0 1     # paired seeds
     python benchmarks/target_sweep.py --report        # the table from what is finished
     python benchmarks/target_sweep.py --arms ws c2f   # only the runs from scratch
+    python benchmarks/target_sweep.py --arms ws ws+ nash-mtl imtl-g aligned-mtl upgrad \
+        dwa uncertainty --label more                  # the methods of TorchJD and LibMTL
 """
 
 from __future__ import annotations
@@ -287,14 +289,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, 1 thread each")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target_sweep")
     parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--label", default="", help="results go to benchmarks/results/target_sweep_LABEL.md"
+    )
     args = parser.parse_args()
     runs = [Run(arm, t, seed) for seed in args.seeds for arm in args.arms for t in TARGETS]
     if not args.report:
         work(runs, args.out, args.jobs)
     text = report(runs, args.out, args.seeds)
     print(text)
-    result = ROOT / "benchmarks" / "results" / "target_sweep.md"
-    result.write_text(f"Command: `python benchmarks/target_sweep.py`\n\n{text}\n")
+    name = f"target_sweep_{args.label}.md" if args.label else "target_sweep.md"
+    flags = [flag for flag in sys.argv[1:] if flag != "--report"]
+    command = " ".join(["python benchmarks/target_sweep.py", *flags])
+    (ROOT / "benchmarks" / "results" / name).write_text(f"Command: `{command}`\n\n{text}\n")
 
 
 if __name__ == "__main__":

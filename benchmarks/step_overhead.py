@@ -10,12 +10,14 @@ variant, over the steps only, above what is resident before them (on CPU the pea
 a reset of /proc/self/clear_refs minus the RSS then; on CUDA ``max_memory_allocated``).
 
     python benchmarks/step_overhead.py                    # CPU, 2 threads, 15 timed rounds
+                                                          # (every balancer of the registry)
     python benchmarks/step_overhead.py --device cuda --rounds 30
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -42,6 +44,7 @@ from moopt import (
     WeightedSumBalancer,
 )
 from moopt.pytorch import balanced_backward, update_balancer
+from moopt_lic.balancers import BALANCERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
@@ -77,6 +80,22 @@ VARIANTS = [
     Variant("EqQP exact, sequential", EqQPBalancer),
     Variant("EqQP exact, batched", EqQPBalancer, gram_mode="batched"),
     Variant("EqQP features (latent y)", EqQPBalancer, features=True),
+]
+
+
+def _with_defaults(cls: type[Balancer]) -> Callable[[], Balancer]:
+    """A balancer of the trainer's registry with its defaults, for rate and distortion."""
+    takes_k = "num_objectives" in inspect.signature(cls).parameters
+    return lambda: cls(num_objectives=2) if takes_k else cls()  # type: ignore[call-arg]
+
+
+#: The other methods of the registry: Gram-based ones with k sequential passes.
+VARIANTS += [
+    Variant(
+        f"{name}{', sequential' if choice.cls.requires_gram else ''}", _with_defaults(choice.cls)
+    )
+    for name, choice in BALANCERS.items()
+    if name not in ("weighted-sum", "mgda", "eq-qp", "coarse-to-fine")
 ]
 
 

@@ -83,13 +83,6 @@ class Target:
         values[self.index] = self.loss
         return values
 
-    def holds(self, losses: list[float]) -> bool:
-        """Whether the mean of these loss values is within ``HOLD_TOLERANCE`` of the target."""
-        if not losses:
-            return False
-        mean = sum(losses) / len(losses)
-        return abs(math.log(mean / self.loss)) <= HOLD_TOLERANCE
-
 
 def target_of(target_bpp: float | None, target_psnr: float | None, lmbda: float) -> Target | None:
     """Return the run's target from its two flags (at most one is set), or None."""
@@ -123,7 +116,7 @@ class TargetHistory:
 
     def holds_over(self, steps: int) -> bool:
         """Whether the last ``steps`` steps held the target on average."""
-        return self.target.holds(self.losses[-steps:])
+        return self.error(steps) <= HOLD_TOLERANCE
 
     def error(self, steps: int) -> float:
         """``|log(mean / target)|`` over the last ``steps`` steps (∞ before the first step)."""

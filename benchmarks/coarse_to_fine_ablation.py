@@ -16,22 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reproduce_rd import (
-    ROOT,
-    Run,
-    config_for,
-    cpu_settings,
-    divergence,
-    folder_done,
-    last_validation,  # fmt: skip
-    train_to_end,
-)
+from protocol import ROOT, Run, divergence, folder_done, last_validation, train_to_end
+from reproduce_rd import config_for, cpu_settings
 
 LAMBDA = 0.013
 SEED = 0

@@ -14,20 +14,10 @@ never the evaluation photos), next to A+ (weighted sum continued) and C at lr 1e
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reproduce_rd import (
-    ROOT,
-    Run,
-    config_for,
-    cpu_settings,
-    divergence,
-    last_validation,
-    train_to_end,
-)
+from protocol import ROOT, Run, divergence, last_validation, train_to_end
+from reproduce_rd import config_for, cpu_settings
 
 LEARNING_RATES = (1e-5, 3e-5)
 LAMBDAS = (0.0035, 0.013)

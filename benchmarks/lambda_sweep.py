@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
-LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
+from protocol import DATA, LAMBDA_GRID, ROOT, divergence, scalars, train_to_end
+
+LAMBDAS = LAMBDA_GRID
 
 
 @dataclass(frozen=True)
@@ -56,27 +55,8 @@ def run_name(arm: Arm, lmbda: float) -> str:
     return f"{arm.balancer}{floor}{'-ft' if arm.finetune else ''}-{lmbda}"
 
 
-def run_one(arm: Arm, lmbda: float, args: argparse.Namespace) -> dict:
-    """Train (or resume, or skip) one run and return its metrics."""
-    import torch
-
-    from moopt_lic import TrainConfig, TrainingDiverged, train
-
-    torch.set_num_threads(args.threads)
-    out = args.out / run_name(arm, lmbda)
-    for done in ("metrics.json", "diverged.json"):
-        if (out / done).exists():
-            return json.loads((out / done).read_text())
-    try:
-        return _train(arm, lmbda, args, out, TrainConfig, train)
-    except TrainingDiverged as error:  # a result too: this balancer did not train here
-        record = {"diverged": str(error)}
-        (out / "diverged.json").write_text(json.dumps(record))
-        return record
-
-
-def _train(arm: Arm, lmbda: float, args: argparse.Namespace, out: Path, TrainConfig, train):
-    """The run's configuration, resumed when it has a checkpoint."""
+def run_one(arm: Arm, lmbda: float, args: argparse.Namespace) -> None:
+    """Train (or resume, or skip) one run."""
     common = dict(
         dataset=str(DATA / "train"),
         eval_dataset=str(args.eval_folder),
@@ -91,34 +71,22 @@ def _train(arm: Arm, lmbda: float, args: argparse.Namespace, out: Path, TrainCon
         device=args.device,
         threads=args.threads,
         progress=False,
-        out=str(out),
+        out=str(args.out / run_name(arm, lmbda)),
         checkpoint_every=100,
         eval_every=10**9,
         log_every=10,
     )
-    if (out / "checkpoint.pt").exists():
-        return train(TrainConfig(**{**common, "resume": True})).metrics
     if arm.finetune:
         source = args.out / run_name(Arm("", "weighted-sum"), lmbda) / "checkpoint.pt"
-        config = TrainConfig(
-            **common,
-            steps=args.finetune_steps,
-            lr=args.finetune_lr,
-            lr_schedule="constant",
-            init_from=str(source),
-        )
+        train_to_end({**common, "steps": args.finetune_steps, "lr": args.finetune_lr,
+                      "lr_schedule": "constant", "init_from": str(source)})  # fmt: skip
     else:
-        config = TrainConfig(**common, steps=args.steps, lr=1e-3, lr_schedule="cosine")
-    return train(config).metrics
+        train_to_end({**common, "steps": args.steps, "lr": 1e-3, "lr_schedule": "cosine"})
 
 
 def effective_lambda(out: Path, last: int = 20) -> float:
     """The mean effective λ over the last ``last`` logged steps of a run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    values = [e.value for e in events.Scalars("balancer/effective_lambda")]
+    values = [value for _, value in scalars(out, "balancer/effective_lambda")]
     return statistics.fmean(values[-last:])
 
 
@@ -129,8 +97,7 @@ def table(args: argparse.Namespace) -> str:
         cells, rates = [], []
         for lmbda in LAMBDAS:
             out = args.out / run_name(arm, lmbda)
-            if (out / "diverged.json").exists():
-                message = json.loads((out / "diverged.json").read_text())["diverged"]
+            if (message := divergence(out)) is not None:
                 cells.append(f"diverged ({message.split(':')[0]})")
                 rates.append(float("nan"))
                 continue

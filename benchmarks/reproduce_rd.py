@@ -47,23 +47,33 @@ unfinished runs resume from their last checkpoint next time, finished ones are s
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
-import os
-import signal
 import statistics
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
+from protocol import (
+    DATA,
+    IMAGES,
+    LAMBDA_GRID,
+    ROOT,
+    Arm,
+    Run,
+    Task,
+    bd_cells,
+    code_run,
+    divergence,
+    eval_images,
+    evaluation,
+    folder_done,
+    run_tasks,
+    scalars,
+    train_to_end,
+)
 
-LAMBDAS = (0.0035, 0.0067, 0.013, 0.025)
+LAMBDAS = LAMBDA_GRID
 #: B hardly moves with λ (METHOD.md), so it also gets two larger λ; A gets three smaller ones
 #: (CompressAI's q1 = 0.0018 and below) so that its curve reaches the low rates where the
-#: balanced arms land (the H200 partial run: B at 0.09–0.17 bpp, A at λ = 0.0035 ≥ 0.40 bpp).
+#: balanced arms land (B at 0.09–0.17 bpp, A at λ = 0.0035 ≥ 0.40 bpp).
 EXTRA_LAMBDAS_BALANCED = (0.05, 0.1)
 LOWER_LAMBDAS_ANCHOR = (0.00045, 0.0009, 0.0018)
 SEEDS = (0, 1)
@@ -73,24 +83,13 @@ SCALES = {
     "large": (60000, 15000, 256, 16, 128, 192),  # a GPU's job
 }
 
-
-@dataclass(frozen=True)
-class Arm:
-    """How an arm trains: its balancer, and whether it fine-tunes arm A's checkpoint."""
-
-    balancer: str
-    finetune: bool = False
-    loss_floor: float | None = None
-    features: bool = False
-
-
 ARMS = {
     "A": Arm("weighted-sum"),
     "B": Arm("coarse-to-fine"),
     "B'": Arm("coarse-to-fine", loss_floor=-10.0),
-    "A+": Arm("weighted-sum", finetune=True),
-    "C": Arm("eq-qp", finetune=True),
-    "E": Arm("eq-qp", finetune=True, features=True),
+    "A+": Arm("weighted-sum", start_from="A"),
+    "C": Arm("eq-qp", start_from="A"),
+    "E": Arm("eq-qp", start_from="A", features=True),
 }
 #: (label, anchor arm, test arm): the BD-rates reported, each paired by seed.
 COMPARISONS = (("B vs A", "A", "B"), ("B′ vs A", "A", "B'"), ("C vs A+", "A+", "C"),
@@ -102,27 +101,9 @@ def lambdas_of(arm: str) -> tuple[float, ...]:
     return tuple(sorted({lm for name, lambdas in SCHEDULE if name == arm for lm in lambdas}))
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training run: an arm at one λ and seed."""
-
-    arm: str
-    lmbda: float
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.arm.replace('+', 'plus').replace(chr(39), 'p')}-l{self.lmbda}-s{self.seed}"
-
-    @property
-    def source(self) -> Run | None:
-        """The run whose checkpoint this one fine-tunes."""
-        return Run("A", self.lmbda, self.seed) if ARMS[self.arm].finetune else None
-
-
-#: (arm, λs) in the order the runs start: the issue's comparisons (C vs A+, B vs A) first,
-#: then A's lower λ, then the extra arms (the cheap fine-tune E before the from-scratch B′);
-#: a fine-tune starts once its A checkpoint is done.
+#: (arm, λs) in the order the runs start: the comparisons (C vs A+, B vs A) first, then A's
+#: lower λ, then the extra arms (the cheap fine-tune E before the from-scratch B′); a
+#: fine-tune starts once its A checkpoint is done.
 SCHEDULE = (
     ("A", LAMBDAS),
     ("A+", LAMBDAS),
@@ -134,7 +115,7 @@ SCHEDULE = (
 )
 
 
-#: The arms of a full run: the issue's comparisons (B vs A, C vs A+) and the optional arm E.
+#: The arms of a full run: the comparisons B vs A, C vs A+ and the optional arm E.
 DEFAULT_ARMS = ("A", "A+", "C", "B", "E")
 
 
@@ -144,18 +125,8 @@ def all_runs(args: argparse.Namespace) -> list[Run]:
             for seed in SEEDS for lm in lambdas]  # fmt: skip
 
 
-def last_validation(folder: Path) -> tuple[float, float]:
-    """(bpp, PSNR) of a run's last validation (held-out training photos), from its log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return events.Scalars("val/bpp")[-1].value, events.Scalars("val/psnr")[-1].value
-
-
 def config_for(run: Run, args: argparse.Namespace) -> dict:
     steps, finetune, patch, batch, n, m = SCALES[args.scale]
-    arm = ARMS[run.arm]
     common = dict(
         dataset=str(DATA / "train"),
         holdout=4,
@@ -163,7 +134,7 @@ def config_for(run: Run, args: argparse.Namespace) -> dict:
         M=m,
         patch_size=patch,
         batch_size=batch,
-        lmbda=run.lmbda,
+        lmbda=run.point,
         seed=run.seed,
         device=args.device,
         threads=args.threads,
@@ -173,18 +144,17 @@ def config_for(run: Run, args: argparse.Namespace) -> dict:
         checkpoint_every=200,
         eval_every=250,
         log_every=50,
-        balancer=arm.balancer,
-        loss_floor=arm.loss_floor,
-        features=arm.features,
+        **ARMS[run.arm].settings(),
     )
-    if run.source is None:
+    source = run.source(ARMS)
+    if source is None:
         return {**common, "steps": args.steps or steps, "lr": 1e-3, "lr_schedule": "cosine"}
     return {
         **common,
         "steps": args.finetune_steps or finetune,
         "lr": 1e-4,
         "lr_schedule": "constant",
-        "init_from": str(args.out / run.source.name / "checkpoint.pt"),
+        "init_from": str(args.out / source.name / "checkpoint.pt"),
     }
 
 
@@ -195,207 +165,68 @@ def cpu_settings(out: Path) -> argparse.Namespace:
                               threads=1, out=out)  # fmt: skip
 
 
-def folder_done(folder: Path) -> bool:
-    """The run in ``folder`` trained to the end, or stopped by a NaN/∞ (in diverged.json)."""
-    return any((folder / done).exists() for done in ("metrics.json", "diverged.json"))
+def to_evaluate(run: Run, args: argparse.Namespace) -> bool:
+    """Trained to the end (not diverged) and not evaluated yet."""
+    folder = args.out / run.name
+    return folder_done(folder) and divergence(folder) is None and evaluation(folder) is None
 
 
-def divergence(folder: Path) -> str | None:
-    """Why the run in ``folder`` stopped on a NaN/∞, or None if it did not."""
-    path = folder / "diverged.json"
-    return json.loads(path.read_text())["diverged"] if path.exists() else None
+def train_run(run: Run, args: argparse.Namespace) -> None:
+    """Train, resume or skip one run (in a worker process); with ``--stage all``, code it.
 
-
-def train_to_end(values: dict) -> None:
-    """Train the run ``values`` configures (its folder is ``values["out"]``) to its end.
-
-    A finished run is skipped, a stopped one resumes from its last checkpoint, and a NaN/∞
-    stop is recorded in diverged.json: a result (this setting does not train), not an error.
-    """
-    from moopt_lic import TrainConfig, TrainingDiverged, train
-
-    folder = Path(values["out"])
-    if folder_done(folder):
-        return
-    try:
-        train(TrainConfig(**values, resume=(folder / "checkpoint.pt").exists()))
-    except TrainingDiverged as error:
-        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
-
-
-def finished(run: Run, args: argparse.Namespace) -> bool:
-    """Done: trained to the end, or stopped by a NaN/∞ (recorded in diverged.json)."""
-    return folder_done(args.out / run.name)
-
-
-def diverged(run: Run, args: argparse.Namespace) -> str | None:
-    return divergence(args.out / run.name)
-
-
-def train_run(run: Run, args: argparse.Namespace) -> str:
-    """Train, resume or skip one run (in a worker process); with ``--stage all``, evaluate it.
-
-    Evaluating right after training spreads the (CPU-heavy) real coding over the session
+    Coding right after training spreads the (CPU-heavy) real coding over the session
     instead of leaving it all to the end.
     """
     train_to_end(config_for(run, args))
     if args.stage == "all" and to_evaluate(run, args):
-        _load_eval_images(args.eval_images)
-        evaluate_run(run.name, args)
-    return run.name
+        evaluate_run(run, args)
+
+
+def evaluate_run(run: Run, args: argparse.Namespace) -> None:
+    """Real coding of one run's final checkpoint on the evaluation photos."""
+    images = eval_images(args.eval_images)
+    result = code_run(args.out / run.name, images, args.eval_device, args.threads)
+    print(f"evaluated {run.name}: bpp {result['bpp']:.4f}, PSNR {result['psnr']:.2f}", flush=True)
 
 
 def work(args: argparse.Namespace) -> None:
-    """Run what is not finished, ``--jobs`` at a time, until done or out of time.
-
-    Stopped early (time limit, SIGTERM, Ctrl-C), it stops its workers too: each resumes from
-    its last checkpoint next time.
-    """
-    deadline = time.monotonic() + 60 * args.minutes
-    evaluating = args.stage == "all"  # a worker also codes its run's checkpoint
-    pending = [
-        run
-        for run in all_runs(args)
-        if not finished(run, args) or (evaluating and to_evaluate(run, args))
-    ]
-    context = multiprocessing.get_context("spawn")
-    active: dict[str, multiprocessing.process.BaseProcess] = {}
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("reproduce_rd: terminated"))
-    try:
-        while (pending or active) and time.monotonic() < deadline:
-            for name, process in list(active.items()):
-                if not process.is_alive():
-                    process.join()
-                    print(f"{name}: exit {process.exitcode}", flush=True)
-                    del active[name]
-            ready = [r for r in pending if r.source is None or finished(r.source, args)]
-            while ready and len(active) < args.jobs:
-                run = ready.pop(0)
-                pending.remove(run)
-                process = context.Process(target=train_run, args=(run, args), name=run.name)
-                process.start()
-                active[run.name] = process
-                print(f"{run.name}: started", flush=True)
-            if not ready and not active and pending:
-                break  # fine-tunes wait for scratch runs that failed
-            time.sleep(2)
-    finally:
-        for name, process in active.items():
-            process.terminate()
-            process.join()
-            print(f"{name}: stopped, resumes from its checkpoint next time", flush=True)
-
-
-_EVAL_IMAGES = None  # the evaluation photos, loaded once per evaluation worker
-
-
-def _load_eval_images(count: int | None) -> None:
-    global _EVAL_IMAGES
-    from moopt_lic.data import ImageSet
-
-    images = ImageSet.from_folder(DATA / "eval")
-    _EVAL_IMAGES = images.split(len(images) - count, seed=0)[0] if count else images
-
-
-def _evaluation_file(run_name: str, args: argparse.Namespace) -> Path:
-    return args.out / run_name / "evaluation.json"
-
-
-def evaluated(run_name: str, args: argparse.Namespace) -> bool:
-    return _evaluation_file(run_name, args).exists()
-
-
-def to_evaluate(run: Run, args: argparse.Namespace) -> bool:
-    """Trained to the end (not diverged) and not evaluated yet."""
-    return finished(run, args) and not diverged(run, args) and not evaluated(run.name, args)
-
-
-def evaluate_run(run_name: str, args: argparse.Namespace) -> dict:
-    """Real coding of one run's final checkpoint on the evaluation photos (in a worker).
-
-    The result is written to the run's ``evaluation.json`` (its bpp and PSNR are means over
-    the photos) and returned.
-    """
-    import torch
-
-    from moopt_lic.evaluate import evaluate_checkpoint, summarize
-
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.eval_device)
-    rows = evaluate_checkpoint(args.out / run_name / "checkpoint.pt", _EVAL_IMAGES, device)
-    means, worst = summarize(rows)
-    metrics = json.loads((args.out / run_name / "metrics.json").read_text())
-    result = {
-        "bpp": means["bpp"],
-        "psnr": means["psnr-rgb"],
-        "max_decode_mismatch": worst.decode_mismatch,
-        "train_seconds": metrics["train_seconds"],
-        "effective_lambda": metrics["effective_lambda"],
-        "eval_device": args.eval_device,
-        "eval_images": len(rows),
-    }
-    _evaluation_file(run_name, args).write_text(json.dumps(result, indent=1, sort_keys=True))
-    print(f"evaluated {run_name}: bpp {result['bpp']:.4f}, PSNR {result['psnr']:.2f}", flush=True)
-    return result
+    """Train (and, with ``--stage all``, code) what is not finished, ``--jobs`` at a time,
+    for at most ``--minutes``; a fine-tune starts once its A checkpoint is done."""
+    evaluating = args.stage == "all"
+    tasks = []
+    for run in all_runs(args):
+        source = run.source(ARMS)
+        done = folder_done(args.out / run.name) and not (evaluating and to_evaluate(run, args))
+        after = None if source is None or folder_done(args.out / source.name) else source.name
+        tasks.append(Task(run.name, train_run, (run, args), after=after, done=done))
+    run_tasks(tasks, args.jobs, args.minutes)
 
 
 def evaluate_all(args: argparse.Namespace) -> None:
-    """Evaluate every finished run not evaluated yet, ``--eval-jobs`` at a time."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    todo = [run.name for run in all_runs(args) if to_evaluate(run, args)]
-    if todo:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.eval_jobs, mp_context=context, initializer=_load_eval_images,
-                                 initargs=(args.eval_images,)) as pool:  # fmt: skip
-            list(pool.map(evaluate_run, todo, [args] * len(todo)))
+    """Code every finished run not coded yet, ``--eval-jobs`` at a time."""
+    tasks = [Task(run.name, evaluate_run, (run, args))
+             for run in all_runs(args) if to_evaluate(run, args)]  # fmt: skip
+    run_tasks(tasks, args.eval_jobs)
 
 
-def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> tuple[list, list]:
-    points = [results[Run(arm, lmbda, seed).name] for lmbda in lambdas
-              if Run(arm, lmbda, seed).name in results]  # fmt: skip
-    points.sort(key=lambda p: p["bpp"])
-    return [p["bpp"] for p in points], [p["psnr"] for p in points]
+def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> list[tuple[float, float]]:
+    """(bpp, PSNR) of an arm's coded runs at one seed."""
+    runs = [Run(arm, lmbda, seed).name for lmbda in lambdas]
+    return sorted((results[n]["bpp"], results[n]["psnr"]) for n in runs if n in results)
 
 
 def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> tuple[str, float | None]:
-    """``test`` vs ``anchor`` ((arm, seed, λs) each): the table cells (BD-rate pchip, cubic,
-    stable; or why it is undefined) and the pchip BD-rate (None if undefined).
-
-    A curve that is not monotonic is compared by its Pareto front (its dominated points left
-    out, the cell says how many) if four points remain.
-    """
-    import numpy as np
-
-    from moopt_lic.compare import Curve, compare
-    from moopt_lic.errors import InputError
-
-    curves = []
-    for arm, seed, lambdas in (anchor, test):
-        bpp, psnr = curve(results, arm, seed, lambdas)
-        if not bpp:
-            return f"not run yet ({arm} seed {seed}) | | ", None
-        if len(bpp) < 4:
-            return f"undefined: {arm} seed {seed} has {len(bpp)} points | | ", None
-        curves.append(Curve(f"{arm}/s{seed}", np.array(bpp), np.array(psnr)))
-    try:
-        c = compare(*curves)
-    except InputError as strict:
-        try:  # a curve that is not monotonic: its Pareto front, saying so
-            c = compare(*curves, pareto_front=True)
-        except InputError as front:
-            return f"undefined: {strict} ({front}) | | ", None
-    stable = "no (pchip and cubic disagree)" if c.unstable else "yes"
-    if any(c.dropped):
-        stable += f"; Pareto fronts (dominated points left out: {c.dropped[0]}, {c.dropped[1]})"
-    cells = f"{c.bd_rate['pchip']:+.2f} % | {c.bd_rate['cubic']:+.2f} % | {stable}"
-    return cells, c.bd_rate["pchip"]
+    """``test`` vs ``anchor`` ((arm, seed, λs) each): the BD-rate cells and pchip value."""
+    (arm_a, seed_a, lambdas_a), (arm_t, seed_t, lambdas_t) = anchor, test
+    points_a = curve(results, arm_a, seed_a, lambdas_a)
+    points_t = curve(results, arm_t, seed_t, lambdas_t)
+    return bd_cells((f"{arm_a} seed {seed_a}", points_a), (f"{arm_t} seed {seed_t}", points_t))
 
 
 def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
     """The evaluation of every run that has one, by run name."""
-    return {run.name: json.loads(_evaluation_file(run.name, args).read_text())
-            for run in all_runs(args) if evaluated(run.name, args)}  # fmt: skip
+    coded = {run.name: evaluation(args.out / run.name) for run in all_runs(args)}
+    return {name: result for name, result in coded.items() if result is not None}
 
 
 def report(args: argparse.Namespace) -> str:
@@ -424,7 +255,7 @@ def report(args: argparse.Namespace) -> str:
     lines += ["", "| run | bpp | PSNR (dB) | effective λ | train s |", "|---|---|---|---|---|"]
     times: dict[str, list[float]] = {}
     for run in all_runs(args):
-        if (message := diverged(run, args)) is not None:
+        if (message := divergence(args.out / run.name)) is not None:
             lines.append(f"| {run.name} | diverged: {message.split(':')[0]} | | | |")
         elif run.name in results:
             r = results[run.name]
@@ -444,7 +275,7 @@ def report(args: argparse.Namespace) -> str:
             ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])
             lines.append(f"wall-time ratio {test}/{anchor}: {ratio:.2f}")
     plots(args, results)
-    done = sum(finished(run, args) for run in all_runs(args))
+    done = sum(folder_done(args.out / run.name) for run in all_runs(args))
     header = (f"{done} of {len(all_runs(args))} runs finished (scale {args.scale}, trained on "
               f"{args.label})\n\n")  # fmt: skip
     return header + "\n".join(lines)
@@ -456,7 +287,6 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {"A": "C0", "B": "C1", "B'": "C2", "A+": "C3", "C": "C4", "E": "C5"}
@@ -464,21 +294,17 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     lines = {SEEDS[0]: "-", SEEDS[1]: ":"}
     for seed in SEEDS:
         for arm in ARMS:
-            bpp, psnr = curve(results, arm, seed, lambdas_of(arm))
-            if bpp:
+            points = curve(results, arm, seed, lambdas_of(arm))
+            if points:
+                bpp, psnr = zip(*points, strict=True)
                 axes[0].plot(bpp, psnr, lines[seed], marker=markers[arm], color=colors[arm],
                              label=f"{arm} seed {seed}", alpha=0.8)  # fmt: skip
         for arm in ("A", "B", "B'"):
             for lmbda in lambdas_of(arm):
-                folder = args.out / Run(arm, lmbda, seed).name / "tensorboard"
-                if not folder.exists():
-                    continue
-                events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-                events.Reload()
-                if "val/psnr" in events.Tags()["scalars"]:
-                    points = events.Scalars("val/psnr")
-                    axes[1].plot([p.step for p in points], [p.value for p in points],
-                                 lines[seed], color=colors[arm], alpha=0.5)  # fmt: skip
+                folder = args.out / Run(arm, lmbda, seed).name
+                if (folder / "tensorboard").exists() and (history := scalars(folder, "val/psnr")):
+                    steps, psnr = zip(*history, strict=True)
+                    axes[1].plot(steps, psnr, lines[seed], color=colors[arm], alpha=0.5)
     axes[0].set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)",
                 title="R-D on the eval photos (seed 0 solid, seed 1 dotted)")  # fmt: skip
     axes[0].legend(fontsize=7)
@@ -488,9 +314,8 @@ def plots(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     figure.tight_layout()
-    images = ROOT / "docs" / "images"  # the docs page shows it
-    images.mkdir(parents=True, exist_ok=True)
-    figure.savefig(images / f"{results_stem(args)}.png", dpi=110)
+    IMAGES.mkdir(parents=True, exist_ok=True)  # the docs page shows it
+    figure.savefig(IMAGES / f"{results_stem(args)}.png", dpi=110)
     plt.close(figure)
 
 

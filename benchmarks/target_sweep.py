@@ -37,43 +37,41 @@ checkpoint, so the script can be started again after an interruption. About 50 m
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import statistics
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reproduce_rd import DATA, ROOT, divergence, train_to_end
+from protocol import (
+    DATA,
+    FINETUNE_LR,
+    HOLDOUT,
+    ROOT,
+    Arm,
+    Run,
+    Task,
+    code_run,
+    divergence,
+    equal_rate_difference,
+    eval_images,
+    evaluation,
+    folder_done,
+    run_tasks,
+    train_to_end,
+)
 
 TARGETS = (0.15, 0.3, 0.6)
 LAMBDA = 0.013
 SCRATCH_STEPS = 1500
 FINETUNE_STEPS = 500
-FINETUNE_LR = 5e-5
-
-
-@dataclass(frozen=True)
-class Arm:
-    """How an arm trains: its balancer, and whether it fine-tunes the ``ws`` checkpoint."""
-
-    balancer: str
-    finetune: bool = False
-    features: bool = False
-
 
 ARMS = {
     "ws": Arm("weighted-sum"),
     "c2f": Arm("coarse-to-fine"),
-    "ws+": Arm("weighted-sum", finetune=True),
-    "eq-qp": Arm("eq-qp", finetune=True),
-    "mgda": Arm("mgda", finetune=True),
-    "eq-qp-f": Arm("eq-qp", finetune=True, features=True),
+    "ws+": Arm("weighted-sum", start_from="ws"),
+    "eq-qp": Arm("eq-qp", start_from="ws"),
+    "mgda": Arm("mgda", start_from="ws"),
+    "eq-qp-f": Arm("eq-qp", start_from="ws", features=True),
 }
 #: The arm each arm's PSNR is compared with: equal steps, same start.
 CONTROL = {"c2f": "ws", "eq-qp": "ws+", "mgda": "ws+", "eq-qp-f": "ws+"}
@@ -82,34 +80,16 @@ DEFAULT_ARMS = tuple(ARMS)
 #: More fine-tunes of the ws checkpoints, with the methods of TorchJD and LibMTL
 #: (``--arms ws ws+ nash-mtl imtl-g aligned-mtl upgrad dwa uncertainty``).
 for _name in ("nash-mtl", "imtl-g", "aligned-mtl", "upgrad", "dwa", "uncertainty"):
-    ARMS[_name] = Arm(_name, finetune=True)
+    ARMS[_name] = Arm(_name, start_from="ws")
     CONTROL[_name] = "ws+"
 
 
-@dataclass(frozen=True)
-class Run:
-    """One arm at one rate target and seed."""
-
-    arm: str
-    target: float
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.arm.replace('+', 'plus')}-t{self.target}-s{self.seed}"
-
-    @property
-    def source(self) -> Run | None:
-        return Run("ws", self.target, self.seed) if ARMS[self.arm].finetune else None
-
-
 def config_for(run: Run, out: Path) -> dict:
-    arm = ARMS[run.arm]
     values = dict(
         dataset=str(DATA / "train"),
-        holdout=4,
+        holdout=HOLDOUT,
         lmbda=LAMBDA,
-        target_bpp=run.target,
+        target_bpp=run.point,
         seed=run.seed,
         device="cpu",
         threads=1,
@@ -119,65 +99,39 @@ def config_for(run: Run, out: Path) -> dict:
         checkpoint_every=250,
         eval_every=250,
         log_every=25,
-        balancer=arm.balancer,
-        features=arm.features,
+        **ARMS[run.arm].settings(),
     )
-    if run.source is None:
+    source = run.source(ARMS)
+    if source is None:
         return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
     return {
         **values,
         "steps": FINETUNE_STEPS,
         "lr": FINETUNE_LR,
         "lr_schedule": "constant",
-        "init_from": str(out / run.source.name / "checkpoint.pt"),
+        "init_from": str(out / source.name / "checkpoint.pt"),
     }
 
 
-def train_and_code(run: Run, out: Path) -> str:
+def train_and_code(run: Run, out: Path) -> None:
     """Train (or resume, or skip) one run, then code the evaluation photos once (a worker)."""
-    import torch
-
-    from moopt_lic.data import ImageSet
-    from moopt_lic.evaluate import evaluate_checkpoint, summarize
-
     train_to_end(config_for(run, out))
     folder = out / run.name
-    result = folder / "evaluation.json"
-    if divergence(folder) is None and not result.exists():
-        torch.set_num_threads(1)
-        images = ImageSet.from_folder(DATA / "eval")
-        rows = evaluate_checkpoint(folder / "checkpoint.pt", images, torch.device("cpu"))
-        means, worst = summarize(rows)
-        values = {
-            "bpp": means["bpp"],
-            "psnr": means["psnr-rgb"],
-            "decode_mismatch": worst.decode_mismatch,
-        }
-        result.write_text(json.dumps(values, indent=2) + "\n")
-    return run.name
+    if divergence(folder) is None and evaluation(folder) is None:
+        code_run(folder, eval_images())
 
 
 def work(runs: list[Run], out: Path, jobs: int) -> None:
     """Run everything, ``jobs`` at a time; a fine-tune starts when its source is done."""
-    pending = list(runs)
-    done: set[Run] = set()
-    running: dict[Future[str], Run] = {}
-    # one process per run: each imports the code as it is when the run starts
-    with ProcessPoolExecutor(jobs, get_context("spawn"), max_tasks_per_child=1) as pool:
-        while pending or running:
-            ready = [r for r in pending if r.source is None or r.source in done]
-            for run in ready[: jobs - len(running)]:
-                pending.remove(run)
-                running[pool.submit(train_and_code, run, out)] = run
-                print(f"{run.name}: started", flush=True)
-            if not running:
-                break  # fine-tunes whose source failed
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                run = running.pop(future)
-                future.result()
-                done.add(run)
-                print(f"{run.name}: done", flush=True)
+    tasks = []
+    for run in runs:
+        source = run.source(ARMS)
+        after = None if source is None or folder_done(out / source.name) else source.name
+        done = folder_done(out / run.name) and (
+            divergence(out / run.name) is not None or evaluation(out / run.name) is not None
+        )
+        tasks.append(Task(run.name, train_and_code, (run, out), after=after, done=done))
+    run_tasks(tasks, jobs)
 
 
 def row_of(run: Run, out: Path) -> dict | None:
@@ -189,10 +143,10 @@ def row_of(run: Run, out: Path) -> dict | None:
         return None
     metrics = json.loads(metrics_file.read_text())
     return {
+        **json.loads(coded_file.read_text()),
         "achieved": metrics["target"]["achieved"],
         "effective_lambda": metrics["effective_lambda"],
         "seconds": metrics["train_seconds"],
-        **json.loads(coded_file.read_text()),
     }
 
 
@@ -207,12 +161,12 @@ def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
     rows = {run: row_of(run, out) for run in runs}
     for run, row in rows.items():
         if row is None:
-            lines.append(f"| {run.arm} | {run.target} | {run.seed} | not finished | | | | |")
+            lines.append(f"| {run.arm} | {run.point} | {run.seed} | not finished | | | | |")
         elif "diverged" in row:
-            lines.append(f"| {run.arm} | {run.target} | {run.seed} | diverged | | | | |")
+            lines.append(f"| {run.arm} | {run.point} | {run.seed} | diverged | | | | |")
         else:
             lines.append(
-                f"| {run.arm} | {run.target} | {run.seed} | {row['achieved']:.3f} | "
+                f"| {run.arm} | {run.point} | {run.seed} | {row['achieved']:.3f} | "
                 f"{row['bpp']:.3f} | {row['psnr']:.2f} | {row['effective_lambda']:.3g} | "
                 f"{row['seconds']:.0f} |"
             )
@@ -258,25 +212,17 @@ def report(runs: list[Run], out: Path, seeds: list[int]) -> str:
 
 def _curve(rows: dict, arm: str, seed: int) -> list[tuple[float, float]]:
     """(coded bpp, PSNR) of an arm's finished runs at one seed, by rate."""
-    points = [rows.get(Run(arm, target, seed)) for target in TARGETS]
+    points = [rows.get(Run(arm, target, seed, unit="t")) for target in TARGETS]
     return sorted((p["bpp"], p["psnr"]) for p in points if p is not None and "diverged" not in p)
 
 
 def _equal_rate_difference(rows: dict, arm: str, control: str, seed: int) -> tuple[float, int]:
     """Mean PSNR difference to the control's curve at the arm's coded rates, and how many."""
-    reference = _curve(rows, control, seed)
-    differences = []
-    for bpp, psnr in _curve(rows, arm, seed):
-        for (low_bpp, low_psnr), (high_bpp, high_psnr) in itertools.pairwise(reference):
-            if low_bpp <= bpp <= high_bpp and high_bpp > low_bpp:
-                share = math.log(bpp / low_bpp) / math.log(high_bpp / low_bpp)
-                differences.append(psnr - (low_psnr + share * (high_psnr - low_psnr)))
-                break
-    return (statistics.mean(differences) if differences else math.nan), len(differences)
+    return equal_rate_difference(_curve(rows, arm, seed), _curve(rows, control, seed))
 
 
 def _mean_psnr(rows: dict, arm: str, target: float, seeds: list[int]) -> float | None:
-    values = [rows.get(Run(arm, target, seed)) for seed in seeds]
+    values = [rows.get(Run(arm, target, seed, unit="t")) for seed in seeds]
     if any(v is None or "diverged" in v for v in values):
         return None
     return statistics.mean(v["psnr"] for v in values)
@@ -293,7 +239,9 @@ def main() -> None:
         "--label", default="", help="results go to benchmarks/results/target_sweep_LABEL.md"
     )
     args = parser.parse_args()
-    runs = [Run(arm, t, seed) for seed in args.seeds for arm in args.arms for t in TARGETS]
+    runs = [
+        Run(arm, t, seed, unit="t") for seed in args.seeds for arm in args.arms for t in TARGETS
+    ]
     if not args.report:
         work(runs, args.out, args.jobs)
     text = report(runs, args.out, args.seeds)

@@ -1,0 +1,304 @@
+"""What the benchmarks share: paths, the λ grid, runs and arms, training a run to its end,
+coding it for real, running many runs in worker processes, and comparing curves.
+
+The scripts beside this module import it by name (``from protocol import ...``): Python puts
+a script's own folder first on the import path, and spawned worker processes inherit it.
+The tests import it the same way (``pythonpath`` in ``pyproject.toml``).
+
+A run lives in its own folder and is the unit of resumption: ``metrics.json`` in it means
+trained to the end, ``diverged.json`` means stopped by a NaN/∞ (a result: this setting does
+not train), ``checkpoint.pt`` alone means stopped early (it resumes), ``evaluation.json``
+holds its real-coded bpp and PSNR on the evaluation photos.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+IMAGES = ROOT / "docs" / "images"
+
+#: CompressAI's MSE λ for its zoo qualities 3–6.
+LAMBDA_GRID = (0.0035, 0.0067, 0.013, 0.025)
+#: Training photos held out for validation (the PSNR-against-step curves, any choice).
+HOLDOUT = 4
+#: The paper's fine-tuning recipe: Adam at a small constant learning rate.
+FINETUNE_LR = 5e-5
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How an arm trains: its balancer and settings, and the arm whose checkpoint it starts
+    from (``None``: from scratch)."""
+
+    balancer: str
+    start_from: str | None = None
+    features: bool = False
+    loss_floor: float | None = None
+    options: tuple[str, ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields the arm sets."""
+        values: dict[str, Any] = {"balancer": self.balancer, "features": self.features}
+        if self.loss_floor is not None:
+            values["loss_floor"] = self.loss_floor
+        if self.options:
+            values["balancer_option"] = list(self.options)
+        return values
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: an arm at one operating point and seed.
+
+    ``point`` is a λ (``unit="l"``) or a rate target in bpp (``unit="t"``); the folder name
+    spells both, e.g. ``Aplus-l0.0035-s1`` or ``eq-qp-t0.3-s0``.
+    """
+
+    arm: str
+    point: float
+    seed: int
+    unit: str = "l"
+
+    @property
+    def name(self) -> str:
+        slug = self.arm.replace("+", "plus").replace("'", "p")
+        return f"{slug}-{self.unit}{self.point}-s{self.seed}"
+
+    def source(self, arms: Mapping[str, Arm]) -> Run | None:
+        """The run whose checkpoint this one fine-tunes: same point and seed."""
+        start = arms[self.arm].start_from
+        return None if start is None else replace(self, arm=start)
+
+
+def folder_done(folder: Path) -> bool:
+    """The run in ``folder`` trained to the end, or stopped by a NaN/∞."""
+    return any((folder / done).exists() for done in ("metrics.json", "diverged.json"))
+
+
+def divergence(folder: Path) -> str | None:
+    """Why the run in ``folder`` stopped on a NaN/∞, or None if it did not."""
+    path = folder / "diverged.json"
+    return json.loads(path.read_text())["diverged"] if path.exists() else None
+
+
+def train_to_end(values: dict[str, Any]) -> None:
+    """Train the run ``values`` configures (its folder is ``values["out"]``) to its end.
+
+    A finished run is skipped, a stopped one resumes from its last checkpoint (the same
+    configuration: resuming refuses a changed one), and a NaN/∞ stop is recorded in
+    diverged.json.
+    """
+    from moopt_lic import TrainConfig, TrainingDiverged, train
+
+    folder = Path(values["out"])
+    if folder_done(folder):
+        return
+    try:
+        train(TrainConfig(**values, resume=(folder / "checkpoint.pt").exists()))
+    except TrainingDiverged as error:
+        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar of the run in ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def last_validation(folder: Path) -> tuple[float, float]:
+    """(bpp, PSNR) of a run's last validation (held-out training photos), from its log."""
+    return scalars(folder, "val/bpp")[-1][1], scalars(folder, "val/psnr")[-1][1]
+
+
+def eval_images(count: int | None = None) -> Any:
+    """The evaluation photos (never used for a choice); ``count``: only the first few."""
+    from moopt_lic.data import ImageSet
+
+    images = ImageSet.from_folder(DATA / "eval")
+    return images.split(len(images) - count, seed=0)[0] if count else images
+
+
+def code_run(folder: Path, images: Any, device: str = "cpu", threads: int = 1) -> dict[str, Any]:
+    """Real coding of the run's final checkpoint on ``images``, written to evaluation.json.
+
+    The bpp and PSNR are means over the photos; the worst decode mismatch is kept so that
+    a report can show every checkpoint decodes what its forward pass reconstructs.
+    """
+    import torch
+
+    from moopt_lic.evaluate import evaluate_checkpoint, summarize
+
+    torch.set_num_threads(threads)
+    rows = evaluate_checkpoint(folder / "checkpoint.pt", images, torch.device(device))
+    means, worst = summarize(rows)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    result = {
+        "bpp": means["bpp"],
+        "psnr": means["psnr-rgb"],
+        "max_decode_mismatch": worst.decode_mismatch,
+        "train_seconds": metrics["train_seconds"],
+        "effective_lambda": metrics["effective_lambda"],
+        "eval_device": device,
+        "eval_images": len(rows),
+    }
+    (folder / "evaluation.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def evaluation(folder: Path) -> dict[str, Any] | None:
+    """The run's evaluation.json, or None if it is not coded yet."""
+    path = folder / "evaluation.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclass
+class Task:
+    """One unit of work for [`run_tasks`]: ``work(*args)`` in a worker process, started once
+    the task named ``after`` (if any) has ended."""
+
+    name: str
+    work: Callable[..., object]
+    args: tuple[Any, ...] = ()
+    after: str | None = None
+    done: bool = field(default=False, compare=False)
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int, minutes: float | None = None) -> None:
+    """Run ``tasks``, ``jobs`` at a time, each in a fresh spawned process, until all have
+    ended or ``minutes`` have passed.
+
+    A fresh process per task imports the code as it is when the task starts, and lets a
+    stopped run leave nothing behind. Stopped early (time limit, SIGTERM, Ctrl-C), the
+    running tasks are stopped too: a training run resumes from its last checkpoint next
+    time. A task whose ``after`` did not end is not started.
+    """
+    deadline = math.inf if minutes is None else time.monotonic() + 60 * minutes
+    ended = {task.name for task in tasks if task.done}
+    pending = [task for task in tasks if not task.done]
+    context = multiprocessing.get_context("spawn")
+    active: dict[str, multiprocessing.process.BaseProcess] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("benchmark: terminated"))
+    try:
+        while (pending or active) and time.monotonic() < deadline:
+            for name, process in list(active.items()):
+                if not process.is_alive():
+                    process.join()
+                    print(f"{name}: exit {process.exitcode}", flush=True)
+                    if process.exitcode == 0:
+                        ended.add(name)
+                    del active[name]
+            ready = [t for t in pending if t.after is None or t.after in ended]
+            while ready and len(active) < jobs:
+                task = ready.pop(0)
+                pending.remove(task)
+                process = context.Process(target=task.work, args=task.args, name=task.name)
+                process.start()
+                active[task.name] = process
+                print(f"{task.name}: started", flush=True)
+            if not ready and not active and pending:
+                break  # what is left waits on tasks that failed
+            time.sleep(2)
+    finally:
+        for name, process in active.items():
+            process.terminate()
+            process.join()
+            print(f"{name}: stopped, resumes from its checkpoint next time", flush=True)
+
+
+def psnr_at_rate(curve: Sequence[tuple[float, float]], bpp: float) -> float | None:
+    """PSNR of a (bpp, PSNR) curve at ``bpp``, linear in log bpp between its two nearest
+    points; None outside the curve's range (no extrapolation)."""
+    points = sorted(curve)
+    for (low_bpp, low_psnr), (high_bpp, high_psnr) in itertools.pairwise(points):
+        if low_bpp <= bpp <= high_bpp and high_bpp > low_bpp:
+            share = math.log(bpp / low_bpp) / math.log(high_bpp / low_bpp)
+            return low_psnr + share * (high_psnr - low_psnr)
+    return None
+
+
+def equal_rate_difference(
+    test: Sequence[tuple[float, float]], control: Sequence[tuple[float, float]]
+) -> tuple[float, int]:
+    """Mean PSNR difference of ``test``'s points to the ``control`` curve at their rates,
+    and how many points fall inside the control's range (NaN, 0 if none)."""
+    differences = [
+        psnr - reference
+        for bpp, psnr in test
+        if (reference := psnr_at_rate(control, bpp)) is not None
+    ]
+    return (statistics.mean(differences) if differences else math.nan), len(differences)
+
+
+def bd_cells(
+    anchor: tuple[str, Sequence[tuple[float, float]]],
+    test: tuple[str, Sequence[tuple[float, float]]],
+) -> tuple[str, float | None]:
+    """BD-rate of ``test`` against ``anchor`` ((label, points) each) as table cells (pchip,
+    cubic, stable; or why it is undefined) and the pchip value (None if undefined).
+
+    A curve that is not monotonic is compared by its Pareto front (its dominated points left
+    out, the cell says how many) if four points remain.
+    """
+    import numpy as np
+
+    from moopt_lic.compare import Curve, compare
+    from moopt_lic.errors import InputError
+
+    curves = []
+    for label, points in (anchor, test):
+        if not points:
+            return f"not run yet ({label}) | | ", None
+        if len(points) < 4:
+            return f"undefined: {label} has {len(points)} points | | ", None
+        bpp, psnr = zip(*sorted(points), strict=True)
+        curves.append(Curve(label, np.array(bpp), np.array(psnr)))
+    try:
+        c = compare(*curves)
+    except InputError as strict:
+        try:
+            c = compare(*curves, pareto_front=True)
+        except InputError as front:
+            return f"undefined: {strict} ({front}) | | ", None
+    stable = "no (pchip and cubic disagree)" if c.unstable else "yes"
+    if any(c.dropped):
+        stable += f"; Pareto fronts (dominated points left out: {c.dropped[0]}, {c.dropped[1]})"
+    return f"{c.bd_rate['pchip']:+.2f} % | {c.bd_rate['cubic']:+.2f} % | {stable}", c.bd_rate[
+        "pchip"
+    ]
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` of the values (std over ≥ 2 of them), or – for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{statistics.fmean(values):+.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_results(stem: str, text: str, command: str) -> Path:
+    """``benchmarks/results/<stem>.md``: the command that made it, then ``text``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{stem}.md"
+    path.write_text(f"Command: `{command}`\n\n{text}\n")
+    return path

@@ -8,7 +8,7 @@ Protocol (every choice is a constant or a flag below; ``--scale large`` is the l
 * λ grid: 0.0035, 0.0067, 0.013, 0.025 (CompressAI's MSE grid); for the coarse-to-fine arm
   also 0.05 and 0.1, since under it λ hardly moves the operating point (METHOD.md), and for
   arm A also 0.00045, 0.0009 and 0.0018, so its curve reaches the low rates where the
-  balanced arms land (run after the issue's comparisons; the curves must overlap);
+  balanced arms land (run after the comparisons B vs A and C vs A+; the curves must overlap);
 * seeds 0 and 1, **paired**: a seed fixes the initial weights, the data order, the crops and
   the quantisation noise of every arm, so the arms differ only by the balancer;
 * arm A: weighted sum from scratch, ``--steps`` steps;

@@ -1,0 +1,434 @@
+"""Balanced against weighted-sum training on converged codecs, compared at equal rate.
+
+Protocol (every choice is a constant below):
+
+* codec: ``mbt2018-mean`` with N = 32, M = 48, small enough to converge on 2 CPU cores;
+  random 64 × 64 crops of ``../shared/data/train`` (4 photos held out for validation),
+  batch 8; Adam lr 1e-3 with cosine decay to 0, aux Adam 1e-3, gradient-norm clip 1.0.
+* calibration (``--stage calibrate``): the weighted sum at λ = 0.0035, seed 0, trained for
+  ``CALIBRATION_STEPS`` steps, each run with its own full cosine schedule; a codec is
+  converged when the last doubling of steps gained less than 0.1 dB of validation PSNR
+  (with the rate within 2 %, so the gain does not hide in the rate). The smallest converged
+  length is ``SCRATCH_STEPS``: ``benchmarks/results/converged_rd_calibration.md``.
+* anchors ``ws``: the weighted sum from scratch for ``SCRATCH_STEPS`` at 4 λ (``LAMBDAS``,
+  chosen from the calibration's validation rate to span about 0.1–0.8 bpp) and 3 seeds,
+  **paired**: a seed fixes the initial weights, the data order, the crops and the
+  quantisation noise of every arm, so arms differ only by how they train.
+* fine-tunes of each anchor for ``FINETUNE_STEPS`` at lr 5e-5, constant (the paper's
+  recipe): ``ws+`` (the weighted sum continued: the control, equal total steps), ``eq-qp``
+  (no target), and, each holding the anchor's training rate (``--target-bpp``, the mean of
+  the anchor's last 10 % of steps): ``eq-qp-t``, ``eq-qp-f-t`` (``--features``), ``c2f-t``
+  (coarse-to-fine), ``nash-mtl-t`` and ``imtl-g-t``;
+* ``c2f-scratch-t``: coarse-to-fine from scratch for ``SCRATCH_STEPS``, holding the anchor's
+  training rate (compared with the anchors: equal steps);
+* evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used
+  for any choice).
+
+Reported (``benchmarks/results/converged_rd.md`` and ``docs/images/converged_rd.png``): the
+noise floor (the anchors' and the controls' seed-to-seed spread of PSNR at equal rate and of
+BD-rate), each arm's PSNR difference to its control at equal coded rate and its BD-rate
+where the curves overlap, mean ± std over the seeds, the rate each targeted arm held, the
+effective λ and weights, and the training-time ratios.
+
+Runs are resumable: each invocation works for at most ``--minutes``, ``--jobs`` runs at a
+time (1 thread each), finished runs are skipped and stopped ones continue from their last
+checkpoint. ``--pack`` writes the results of every finished run into one archive (what a
+GPU machine sends back).
+
+    python benchmarks/converged_rd.py --stage calibrate   # first: ≈ 1.2 h on 2 CPU cores
+    python benchmarks/converged_rd.py                     # repeat until it prints the tables
+    python benchmarks/converged_rd.py --stage report      # the tables from what is coded
+    python benchmarks/converged_rd.py --device cuda --jobs 12 --pack runs/converged.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tarfile
+from pathlib import Path
+
+from protocol import (
+    DATA,
+    FINETUNE_LR,
+    HOLDOUT,
+    IMAGES,
+    ROOT,
+    Arm,
+    Run,
+    Task,
+    bd_cells,
+    code_run,
+    divergence,
+    equal_rate_difference,
+    eval_images,
+    evaluation,
+    folder_done,
+    mean_std,
+    run_tasks,
+    scalars,
+    train_to_end,
+    write_results,
+)
+
+CODEC = {"model": "mbt2018-mean", "N": 32, "M": 48, "patch_size": 64, "batch_size": 8}
+CALIBRATION_LAMBDA = 0.0035
+CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000)
+#: Converged: the last doubling gained less than this validation PSNR (dB) ...
+CONVERGED_GAIN_DB = 0.1
+#: ... and moved the validation rate by less than this share.
+CONVERGED_RATE_SHARE = 0.02
+SCRATCH_STEPS = 16000
+FINETUNE_STEPS = 2000
+#: ×3 apart around the calibration point; expected (bpp ∝ √λ) about 0.1, 0.2, 0.4, 0.75 bpp.
+LAMBDAS = (0.0005, 0.0015, 0.0045, 0.0135)
+SEEDS = (0, 1, 2)
+
+ARMS = {
+    "ws": Arm("weighted-sum"),
+    "ws+": Arm("weighted-sum", start_from="ws"),
+    "eq-qp": Arm("eq-qp", start_from="ws"),
+    "eq-qp-t": Arm("eq-qp", start_from="ws"),
+    "eq-qp-f-t": Arm("eq-qp", start_from="ws", features=True),
+    "c2f-t": Arm("coarse-to-fine", start_from="ws"),
+    "nash-mtl-t": Arm("nash-mtl", start_from="ws"),
+    "imtl-g-t": Arm("imtl-g", start_from="ws"),
+    "c2f-scratch-t": Arm("coarse-to-fine"),
+}
+#: Arms that hold the anchor's training rate; they start once the anchor is done.
+TARGETED = {"eq-qp-t", "eq-qp-f-t", "c2f-t", "nash-mtl-t", "imtl-g-t", "c2f-scratch-t"}
+#: The arm each arm is compared with: the same start and the same number of steps.
+CONTROL = {arm: "ws+" for arm in ARMS if ARMS[arm].start_from} | {"c2f-scratch-t": "ws"}
+CONTROL.pop("ws+")
+#: The share of an anchor's last steps whose mean training rate the targeted arms hold.
+TARGET_WINDOW = 0.1
+
+
+def calibration_folder(steps: int, args: argparse.Namespace) -> Path:
+    return args.out / "calibrate" / f"ws-l{CALIBRATION_LAMBDA}-s0-steps{steps}"
+
+
+def common_settings(run_folder: Path, lmbda: float, seed: int, args: argparse.Namespace) -> dict:
+    """What every run shares: data, codec, λ, seed, logging; one CPU thread a run."""
+    return dict(
+        dataset=str(DATA / "train"),
+        holdout=HOLDOUT,
+        **CODEC,
+        lmbda=lmbda,
+        seed=seed,
+        device=args.device,
+        threads=args.threads,
+        progress=False,
+        final_eval=False,
+        out=str(run_folder),
+        checkpoint_every=500,
+        eval_every=1000,
+        log_every=100,
+    )
+
+
+def calibration_config(steps: int, args: argparse.Namespace) -> dict:
+    values = common_settings(calibration_folder(steps, args), CALIBRATION_LAMBDA, 0, args)
+    return {**values, "balancer": "weighted-sum", "steps": steps, "lr": 1e-3,
+            "lr_schedule": "cosine"}  # fmt: skip
+
+
+def anchor_rate(folder: Path) -> float:
+    """The anchor's mean training rate (bpp) over its last ``TARGET_WINDOW`` of steps."""
+    history = scalars(folder, "train/rate_bpp")
+    last = history[-1][0]
+    window = [value for step, value in history if step > last * (1 - TARGET_WINDOW)]
+    return round(statistics.fmean(window), 4)
+
+
+def config_for(run: Run, args: argparse.Namespace) -> dict:
+    """The run's full configuration (an arm's target needs its anchor finished)."""
+    values = {**common_settings(args.out / run.name, run.point, run.seed, args),
+              **ARMS[run.arm].settings()}  # fmt: skip
+    anchor = Run("ws", run.point, run.seed)
+    if run.arm in TARGETED:
+        values["target_bpp"] = anchor_rate(args.out / anchor.name)
+    if run.source(ARMS) is None:
+        return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
+    return {**values, "steps": FINETUNE_STEPS, "lr": FINETUNE_LR, "lr_schedule": "constant",
+            "init_from": str(args.out / anchor.name / "checkpoint.pt")}  # fmt: skip
+
+
+def all_runs(args: argparse.Namespace) -> list[Run]:
+    """The anchors first (every other run needs one), then the other arms by seed."""
+    anchors = [Run("ws", lm, seed) for seed in args.seeds for lm in LAMBDAS]
+    others = [Run(arm, lm, seed) for seed in args.seeds for arm in args.arms if arm != "ws"
+              for lm in LAMBDAS]  # fmt: skip
+    return anchors + others
+
+
+def to_code(folder: Path) -> bool:
+    return folder_done(folder) and divergence(folder) is None and evaluation(folder) is None
+
+
+def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> None:
+    """Train one run to its end (``values``; None: build them now that the anchor is done),
+    then code the evaluation photos once (a worker process)."""
+    train_to_end(values if values is not None else config_for(run, args))
+    folder = args.out / run.name
+    if not args.no_coding and to_code(folder):
+        code_run(folder, eval_images(), "cpu" if args.device == "cpu" else args.device)
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    tasks = []
+    for steps in sorted(CALIBRATION_STEPS, reverse=True):  # the longest first: it sets the end
+        values = calibration_config(steps, args)
+        tasks.append(Task(f"calibrate-{steps}", train_to_end, (values,),
+                          done=folder_done(Path(values["out"]))))  # fmt: skip
+    run_tasks(tasks, args.jobs, args.minutes)
+    text = calibration_report(args)
+    print(text)
+    write_results("converged_rd_calibration", text, "python benchmarks/converged_rd.py "
+                  "--stage calibrate")  # fmt: skip
+
+
+def calibration_report(args: argparse.Namespace) -> str:
+    """Validation PSNR and rate at the end of each calibration length, and the verdict."""
+    lines = [
+        f"Weighted sum, λ = {CALIBRATION_LAMBDA}, seed 0, {CODEC}; each length with its own "
+        "cosine schedule to 0; validation: 4 held-out training photos (likelihood rate).",
+        "",
+        "| steps | validation bpp | validation PSNR (dB) | gain over half the steps (dB) | "
+        "rate change | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    finished: dict[int, tuple[float, float, float]] = {}
+    for steps in CALIBRATION_STEPS:
+        folder = calibration_folder(steps, args)
+        if not (folder / "metrics.json").exists():
+            lines.append(f"| {steps} | not finished | | | | |")
+            continue
+        bpp, psnr = scalars(folder, "val/bpp")[-1][1], scalars(folder, "val/psnr")[-1][1]
+        seconds = _metrics(folder)["train_seconds"]
+        finished[steps] = (bpp, psnr, seconds)
+        half = finished.get(steps // 2)
+        gain = f"{psnr - half[1]:+.2f}" if half else "–"
+        change = f"{bpp / half[0] - 1:+.1%}" if half else "–"
+        lines.append(f"| {steps} | {bpp:.4f} | {psnr:.2f} | {gain} | {change} | {seconds:.0f} |")
+    converged = [
+        steps
+        for steps, (bpp, psnr, _) in finished.items()
+        if (half := finished.get(steps // 2))
+        and psnr - half[1] < CONVERGED_GAIN_DB
+        and abs(bpp / half[0] - 1) < CONVERGED_RATE_SHARE
+    ]
+    verdict = (
+        f"converged at {min(converged)} steps (the doubling from {min(converged) // 2} gained "
+        f"< {CONVERGED_GAIN_DB} dB, rate within {CONVERGED_RATE_SHARE:.0%})"
+        if converged
+        else "not converged at any finished length"
+    )
+    return "\n".join([*lines, "", f"Verdict: {verdict}; the protocol trains {SCRATCH_STEPS}."])
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def work(args: argparse.Namespace) -> None:
+    """Train (and code) what is not finished, for at most ``--minutes``."""
+    tasks = []
+    for run in all_runs(args):
+        folder = args.out / run.name
+        anchor = Run("ws", run.point, run.seed)
+        after = None if run.arm == "ws" or folder_done(args.out / anchor.name) else anchor.name
+        values = config_for(run, args) if after is None else None
+        done = folder_done(folder) and (args.no_coding or not to_code(folder))
+        tasks.append(Task(run.name, train_and_code, (values, run, args), after=after, done=done))
+    run_tasks(tasks, args.jobs, args.minutes)
+
+
+def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[float, float]]:
+    """(coded bpp, PSNR) of an arm's coded runs at one seed, by rate."""
+    results = [evaluation(args.out / Run(arm, lm, seed).name) for lm in LAMBDAS]
+    return sorted((r["bpp"], r["psnr"]) for r in results if r is not None)
+
+
+def noise_floor(args: argparse.Namespace) -> list[str]:
+    """Seed against seed, for the anchors and the controls: what no arm can be told from."""
+    lines = [
+        "| arms | seeds | Δ PSNR at equal rate (dB) | BD-rate pchip | BD-rate cubic | stable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in ("ws", "ws+"):
+        for first, second in ((a, b) for a in args.seeds for b in args.seeds if a < b):
+            base, other = coded_points(args, arm, first), coded_points(args, arm, second)
+            difference, count = equal_rate_difference(other, base)
+            cells, _ = bd_cells((f"{arm} seed {first}", base), (f"{arm} seed {second}", other))
+            shown = "–" if count == 0 else f"{difference:+.3f} ({count} points)"
+            lines.append(f"| {arm} | {second} vs {first} | {shown} | {cells} |")
+    return lines
+
+
+def arm_table(args: argparse.Namespace) -> list[str]:
+    """Each arm against its control, paired by seed: Δ PSNR at equal rate and BD-rate."""
+    lines = [
+        "| arm | control | Δ PSNR at equal rate (dB), per seed | mean ± std | "
+        "BD-rate pchip (%), per seed | mean ± std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, control in CONTROL.items():
+        if arm not in args.arms:
+            continue
+        deltas, rates, delta_cells, rate_cells = [], [], [], []
+        for seed in args.seeds:
+            test, base = coded_points(args, arm, seed), coded_points(args, control, seed)
+            difference, count = equal_rate_difference(test, base)
+            if count:
+                deltas.append(difference)
+            delta_cells.append("–" if not count else f"{difference:+.3f} ({count})")
+            _, pchip = bd_cells((control, base), (arm, test))
+            if pchip is not None:
+                rates.append(pchip)
+            rate_cells.append("–" if pchip is None else f"{pchip:+.2f}")
+        lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas)} | "
+                     f"{', '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
+    return lines
+
+
+def run_table(args: argparse.Namespace) -> list[str]:
+    """Every run: target and rate held, coded bpp and PSNR, effective λ, weights, time."""
+    lines = [
+        "| run | target bpp | training bpp held | coded bpp | PSNR (dB) | effective λ | "
+        "w_R, w_D | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in all_runs(args):
+        folder = args.out / run.name
+        if (message := divergence(folder)) is not None:
+            lines.append(f"| {run.name} | diverged: {message} | | | | | | |")
+            continue
+        result = evaluation(folder)
+        if result is None:
+            lines.append(f"| {run.name} | not finished | | | | | | |")
+            continue
+        metrics = _metrics(folder)
+        target = metrics.get("target")
+        held = f"{target['value']:.4f} | {target['achieved']:.4f}" if target else "– | –"
+        weights = [scalars(folder, f"balancer/weight_{name}") for name in ("rate", "distortion")]
+        shown = ", ".join(f"{w[-1][1]:.3g}" for w in weights) if all(weights) else "–"
+        lines.append(
+            f"| {run.name} | {held} | {result['bpp']:.4f} | {result['psnr']:.2f} | "
+            f"{metrics['effective_lambda']:.3g} | {shown} | {metrics['train_seconds']:.0f} |"
+        )
+    return lines
+
+
+def time_ratios(args: argparse.Namespace) -> list[str]:
+    """Mean training time of each arm over its control's (the same steps, one run each)."""
+    lines = []
+    for arm, control in CONTROL.items():
+        times = {name: [_metrics(args.out / Run(name, lm, s).name)["train_seconds"]
+                        for lm in LAMBDAS for s in args.seeds
+                        if (args.out / Run(name, lm, s).name / "metrics.json").exists()]
+                 for name in (arm, control)}  # fmt: skip
+        if arm in args.arms and times[arm] and times[control]:
+            ratio = statistics.fmean(times[arm]) / statistics.fmean(times[control])
+            lines.append(f"- {arm} / {control}: {ratio:.2f}")
+    return lines
+
+
+def report(args: argparse.Namespace) -> str:
+    runs = all_runs(args)
+    done = sum(evaluation(args.out / run.name) is not None for run in runs)
+    text = [
+        f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
+        f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {LAMBDAS}; seeds "
+        f"{tuple(args.seeds)}; trained on {args.device}.",
+        "",
+        "Noise floor (the same arm, two seeds):",
+        "",
+        *noise_floor(args),
+        "",
+        "Arms against their controls, paired by seed (points inside the control's range in "
+        "brackets):",
+        "",
+        *arm_table(args),
+        "",
+        "Training-time ratios (mean over the runs, 2 runs sharing 2 cores; the interleaved "
+        "per-step overhead of each method is in step_overhead_all_cpu.md):",
+        "",
+        *time_ratios(args),
+        "",
+        *run_table(args),
+    ]
+    plot(args)
+    return "\n".join(text)
+
+
+def plot(args: argparse.Namespace) -> None:
+    """R-D curves of every arm, one panel per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(args.seeds), figsize=(5 * len(args.seeds), 4.2),
+                                squeeze=False)  # fmt: skip
+    for axis, seed in zip(axes[0], args.seeds, strict=True):
+        for index, arm in enumerate(ARMS):
+            points = coded_points(args, arm, seed) if arm == "ws" or arm in args.arms else []
+            if points:
+                bpp, psnr = zip(*points, strict=True)
+                axis.plot(bpp, psnr, marker="os^vDxP*h"[index], color=f"C{index}", label=arm,
+                          alpha=0.8)  # fmt: skip
+        axis.set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)", title=f"seed {seed}")
+        axis.grid(True, alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    figure.savefig(IMAGES / "converged_rd.png", dpi=110)
+    plt.close(figure)
+
+
+def pack(args: argparse.Namespace) -> None:
+    """One archive of every finished run's results, final checkpoint and logs."""
+    with tarfile.open(args.pack, "w:gz") as archive:
+        for run in all_runs(args):
+            folder = args.out / run.name
+            for name in ("metrics.json", "evaluation.json", "diverged.json", "checkpoint.pt",
+                         "tensorboard"):  # fmt: skip
+                if (folder / name).exists():
+                    archive.add(folder / name, arcname=f"{run.name}/{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="all", choices=("calibrate", "all", "report"),
+                        help="calibrate: the convergence runs and their table; all: train, "
+                        "code and report; report: the tables of what is coded")  # fmt: skip
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--minutes", type=float, default=170, help="time for this invocation")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads a run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--no-coding", action="store_true", help="train only (code later)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "converged_rd")
+    parser.add_argument("--pack", type=Path, help="also write the finished runs to this .tar.gz")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "calibrate":
+        calibrate(args)
+        return
+    if args.stage == "all":
+        work(args)
+    if args.pack:
+        pack(args)
+    text = report(args)
+    print(text)
+    flags = " ".join(flag for flag in sys.argv[1:])
+    write_results("converged_rd", text, f"python benchmarks/converged_rd.py {flags}".strip())
+
+
+if __name__ == "__main__":
+    main()

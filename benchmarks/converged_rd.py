@@ -131,7 +131,7 @@ def common_settings(run_folder: Path, lmbda: float, seed: int, args: argparse.Na
 
 def calibration_config(steps: int, args: argparse.Namespace) -> dict:
     values = common_settings(calibration_folder(steps, args), CALIBRATION_LAMBDA, 0, args)
-    return {**values, "balancer": "weighted-sum", "steps": steps, "lr": 1e-3,
+    return {**values, **ARMS["ws"].settings(), "steps": steps, "lr": 1e-3,
             "lr_schedule": "cosine"}  # fmt: skip
 
 

@@ -1,0 +1,95 @@
+"""converged_rd's decisions: when a codec counts as converged, which rate an arm holds, and
+what each run is configured with."""
+
+import argparse
+import json
+
+import pytest
+from converged_rd import (
+    ARMS,
+    CALIBRATION_LAMBDA,
+    CONTROL,
+    FINETUNE_STEPS,
+    SCRATCH_STEPS,
+    TARGETED,
+    anchor_rate,
+    calibration_config,
+    calibration_folder,
+    calibration_report,
+    config_for,
+)
+from protocol import FINETUNE_LR, Run
+
+
+def _log(folder, tag, points):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder / "tensorboard"))
+    for step, value in points:
+        writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+def _finished(folder, bpp, psnr, seconds=1.0):
+    folder.mkdir(parents=True, exist_ok=True)
+    _log(folder, "val/bpp", [(1, bpp)])
+    _log(folder, "val/psnr", [(1, psnr)])
+    (folder / "metrics.json").write_text(json.dumps({"train_seconds": seconds}))
+
+
+@pytest.fixture
+def args(tmp_path):
+    return argparse.Namespace(out=tmp_path, device="cpu", threads=1)
+
+
+def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):
+    for steps, psnr in ((2000, 25.0), (4000, 27.0), (8000, 27.5), (16000, 27.58)):
+        _finished(calibration_folder(steps, args), 0.30, psnr)
+    text = calibration_report(args)
+    assert "| 16000 | 0.3000 | 27.58 | +0.08 | +0.0% |" in text
+    assert "converged at 16000 steps (the doubling from 8000" in text
+
+
+def test_a_gain_hidden_in_the_rate_is_not_convergence(args):
+    for steps, bpp in ((8000, 0.30), (16000, 0.27)):  # 10 % less rate at the same PSNR
+        _finished(calibration_folder(steps, args), bpp, 27.5)
+    assert "not converged at any finished length" in calibration_report(args)
+
+
+def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
+    anchor = args.out / Run("ws", 0.0045, 1).name
+    anchor.mkdir(parents=True)
+    _log(
+        anchor,
+        "train/rate_bpp",
+        [(step, 1.0 if step <= 900 else 0.4) for step in range(100, 1001, 100)],
+    )
+    assert anchor_rate(anchor) == 0.4  # only step 1000 lies in (900, 1000]
+    values = config_for(Run("eq-qp-t", 0.0045, 1), args)
+    assert values["target_bpp"] == 0.4 and values["balancer"] == "eq-qp"
+    assert values["init_from"] == str(anchor / "checkpoint.pt")
+    assert (values["steps"], values["lr"], values["lr_schedule"]) == (
+        FINETUNE_STEPS,
+        FINETUNE_LR,
+        "constant",
+    )
+    scratch = config_for(Run("c2f-scratch-t", 0.0045, 1), args)
+    assert scratch["target_bpp"] == 0.4 and "init_from" not in scratch
+    assert scratch["steps"] == SCRATCH_STEPS and scratch["lr_schedule"] == "cosine"
+
+
+def test_every_arm_has_a_control_with_the_same_start():
+    for arm, control in CONTROL.items():
+        assert ARMS[arm].start_from == ARMS[control].start_from
+    assert set(ARMS) - set(CONTROL) == {"ws", "ws+"}
+    assert TARGETED <= set(ARMS)
+
+
+def test_calibration_matches_the_anchor_protocol(args):
+    """The calibration trains exactly what an anchor trains, except its length."""
+    anchor = config_for(Run("ws", CALIBRATION_LAMBDA, 0), args)
+    calibration = calibration_config(SCRATCH_STEPS, args)
+    differing = {
+        k for k in anchor.keys() | calibration.keys() if anchor.get(k) != calibration.get(k)
+    }
+    assert differing == {"out", "features"} or differing == {"out"}

@@ -73,7 +73,12 @@ from protocol import (
     write_results,
 )
 
-CODEC = {"model": "mbt2018-mean", "N": 32, "M": 48, "patch_size": 64, "batch_size": 8}
+#: The codecs calibrated, by name; the protocol trains ``CODEC``.
+CODECS = {
+    "N32-M48": {"model": "mbt2018-mean", "N": 32, "M": 48, "patch_size": 64, "batch_size": 8},
+    "N16-M24": {"model": "mbt2018-mean", "N": 16, "M": 24, "patch_size": 64, "batch_size": 8},
+}
+CODEC = "N32-M48"
 CALIBRATION_LAMBDA = 0.0035
 CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000)
 #: Converged: the last doubling gained less than this validation PSNR (dB) ...
@@ -106,16 +111,18 @@ CONTROL.pop("ws+")
 TARGET_WINDOW = 0.1
 
 
-def calibration_folder(steps: int, args: argparse.Namespace) -> Path:
-    return args.out / "calibrate" / f"ws-l{CALIBRATION_LAMBDA}-s0-steps{steps}"
+def calibration_folder(codec: str, steps: int, args: argparse.Namespace) -> Path:
+    return args.out / "calibrate" / codec / f"ws-l{CALIBRATION_LAMBDA}-s0-steps{steps}"
 
 
-def common_settings(run_folder: Path, lmbda: float, seed: int, args: argparse.Namespace) -> dict:
+def common_settings(
+    run_folder: Path, lmbda: float, seed: int, args: argparse.Namespace, codec: str = CODEC
+) -> dict:
     """What every run shares: data, codec, λ, seed, logging; one CPU thread a run."""
     return dict(
         dataset=str(DATA / "train"),
         holdout=HOLDOUT,
-        **CODEC,
+        **CODECS[codec],
         lmbda=lmbda,
         seed=seed,
         device=args.device,
@@ -129,8 +136,9 @@ def common_settings(run_folder: Path, lmbda: float, seed: int, args: argparse.Na
     )
 
 
-def calibration_config(steps: int, args: argparse.Namespace) -> dict:
-    values = common_settings(calibration_folder(steps, args), CALIBRATION_LAMBDA, 0, args)
+def calibration_config(codec: str, steps: int, args: argparse.Namespace) -> dict:
+    folder = calibration_folder(codec, steps, args)
+    values = common_settings(folder, CALIBRATION_LAMBDA, 0, args, codec)
     return {**values, **ARMS["ws"].settings(), "steps": steps, "lr": 1e-3,
             "lr_schedule": "cosine"}  # fmt: skip
 
@@ -178,23 +186,26 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
 
 
 def calibrate(args: argparse.Namespace) -> None:
+    """Train the calibration lengths of ``--codecs``, then write their tables."""
     tasks = []
-    for steps in sorted(CALIBRATION_STEPS, reverse=True):  # the longest first: it sets the end
-        values = calibration_config(steps, args)
-        tasks.append(Task(f"calibrate-{steps}", train_to_end, (values,),
-                          done=folder_done(Path(values["out"]))))  # fmt: skip
+    for codec in args.codecs:
+        for steps in sorted(CALIBRATION_STEPS, reverse=True):  # the longest first
+            values = calibration_config(codec, steps, args)
+            tasks.append(Task(f"calibrate-{codec}-{steps}", train_to_end, (values,),
+                              done=folder_done(Path(values["out"]))))  # fmt: skip
     run_tasks(tasks, args.jobs, args.minutes)
-    text = calibration_report(args)
+    text = "\n\n".join(calibration_report(codec, args) for codec in CODECS)
     print(text)
     write_results("converged_rd_calibration", text, "python benchmarks/converged_rd.py "
                   "--stage calibrate")  # fmt: skip
 
 
-def calibration_report(args: argparse.Namespace) -> str:
+def calibration_report(codec: str, args: argparse.Namespace) -> str:
     """Validation PSNR and rate at the end of each calibration length, and the verdict."""
     lines = [
-        f"Weighted sum, λ = {CALIBRATION_LAMBDA}, seed 0, {CODEC}; each length with its own "
-        "cosine schedule to 0; validation: 4 held-out training photos (likelihood rate).",
+        f"**{codec}** ({CODECS[codec]}): weighted sum, λ = {CALIBRATION_LAMBDA}, seed 0; each "
+        "length with its own cosine schedule to 0; validation: 4 held-out training photos "
+        "(likelihood rate).",
         "",
         "| steps | validation bpp | validation PSNR (dB) | gain over half the steps (dB) | "
         "rate change | train s |",
@@ -202,7 +213,7 @@ def calibration_report(args: argparse.Namespace) -> str:
     ]
     finished: dict[int, tuple[float, float, float]] = {}
     for steps in CALIBRATION_STEPS:
-        folder = calibration_folder(steps, args)
+        folder = calibration_folder(codec, steps, args)
         if not (folder / "metrics.json").exists():
             lines.append(f"| {steps} | not finished | | | | |")
             continue
@@ -226,7 +237,7 @@ def calibration_report(args: argparse.Namespace) -> str:
         if converged
         else "not converged at any finished length"
     )
-    return "\n".join([*lines, "", f"Verdict: {verdict}; the protocol trains {SCRATCH_STEPS}."])
+    return "\n".join([*lines, "", f"Verdict: {verdict}."])
 
 
 def _metrics(folder: Path) -> dict:
@@ -408,6 +419,8 @@ def main() -> None:
                         "code and report; report: the tables of what is coded")  # fmt: skip
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--codecs", nargs="+", default=[CODEC], choices=list(CODECS),
+                        help="--stage calibrate: the codecs to calibrate")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=170, help="time for this invocation")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads a run")

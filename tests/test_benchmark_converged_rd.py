@@ -8,6 +8,7 @@ import pytest
 from converged_rd import (
     ARMS,
     CALIBRATION_LAMBDA,
+    CODEC,
     CONTROL,
     FINETUNE_STEPS,
     SCRATCH_STEPS,
@@ -44,16 +45,16 @@ def args(tmp_path):
 
 def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):
     for steps, psnr in ((2000, 25.0), (4000, 27.0), (8000, 27.5), (16000, 27.58)):
-        _finished(calibration_folder(steps, args), 0.30, psnr)
-    text = calibration_report(args)
+        _finished(calibration_folder(CODEC, steps, args), 0.30, psnr)
+    text = calibration_report(CODEC, args)
     assert "| 16000 | 0.3000 | 27.58 | +0.08 | +0.0% |" in text
     assert "converged at 16000 steps (the doubling from 8000" in text
 
 
 def test_a_gain_hidden_in_the_rate_is_not_convergence(args):
     for steps, bpp in ((8000, 0.30), (16000, 0.27)):  # 10 % less rate at the same PSNR
-        _finished(calibration_folder(steps, args), bpp, 27.5)
-    assert "not converged at any finished length" in calibration_report(args)
+        _finished(calibration_folder(CODEC, steps, args), bpp, 27.5)
+    assert "not converged at any finished length" in calibration_report(CODEC, args)
 
 
 def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
@@ -88,7 +89,7 @@ def test_every_arm_has_a_control_with_the_same_start():
 def test_calibration_matches_the_anchor_protocol(args):
     """The calibration trains exactly what an anchor trains, except its length."""
     anchor = config_for(Run("ws", CALIBRATION_LAMBDA, 0), args)
-    calibration = calibration_config(SCRATCH_STEPS, args)
+    calibration = calibration_config(CODEC, SCRATCH_STEPS, args)
     differing = {
         k for k in anchor.keys() | calibration.keys() if anchor.get(k) != calibration.get(k)
     }

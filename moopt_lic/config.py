@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from moopt import CoarseToFineBalancer, MGDABalancer
+from moopt.pytorch import balanced_backward
 from moopt_lic.amp import AMP_MODES
 from moopt_lic.balancers import BALANCERS as BALANCER_REGISTRY
-from moopt_lic.balancers import build_base_balancer
+from moopt_lic.balancers import build_base_balancer, default_of
 from moopt_lic.errors import InputError
 from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
 
@@ -173,10 +175,16 @@ class TrainConfig:
             action="append",
         ),
     )
-    logit_lr: float = field(default=0.025, metadata=_opt("coarse-to-fine: logit learning rate β"))
-    gamma: float = field(default=0.003, metadata=_opt("coarse-to-fine: logit weight decay γ"))
+    logit_lr: float = field(
+        default=default_of(CoarseToFineBalancer, "logit_lr"),
+        metadata=_opt("coarse-to-fine: logit learning rate β"),
+    )
+    gamma: float = field(
+        default=default_of(CoarseToFineBalancer, "gamma"),
+        metadata=_opt("coarse-to-fine: logit weight decay γ"),
+    )
     logit_optimizer: str = field(
-        default="adam",
+        default=default_of(CoarseToFineBalancer, "logit_optimizer"),
         metadata=_opt("coarse-to-fine: how the logits are updated", choices=["adam", "sgd"]),
     )
     loss_floor: float | None = field(
@@ -193,7 +201,7 @@ class TrainConfig:
         ),
     )
     mgda_normalization: str = field(
-        default="none",
+        default=default_of(MGDABalancer, "normalization"),
         metadata=_opt("mgda: gradient normalisation", choices=["none", "loss", "l2"]),
     )
     features: bool = field(
@@ -204,7 +212,7 @@ class TrainConfig:
         ),
     )
     gram_mode: str = field(
-        default="sequential",
+        default=default_of(balanced_backward, "gram_mode"),
         metadata=_opt(
             "mgda/eq-qp: per-objective gradients by k passes or one batched pass",
             choices=["sequential", "batched"],

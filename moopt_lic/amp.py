@@ -17,21 +17,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from compressai.entropy_models import EntropyModel
 
-__all__ = ["AMP_MODES", "autocast", "dtype_of"]
+__all__ = ["AMP_MODES", "AmpMode", "autocast", "dtype_of"]
 
-#: What ``--amp`` accepts.
-AMP_MODES = ("off", "bf16", "fp16")
+AmpMode = Literal["off", "bf16", "fp16"]
+"""A mixed-precision mode, what ``--amp`` accepts: off, bfloat16 or float16."""
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The ``AmpMode`` values, in the order ``--help`` lists them.
+AMP_MODES: tuple[AmpMode, ...] = get_args(AmpMode)
+
+_DTYPES: dict[AmpMode, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def dtype_of(mode: str) -> torch.dtype | None:
+def dtype_of(mode: AmpMode) -> torch.dtype | None:
     """Return the autocast dtype of an ``--amp`` mode (None for ``off``)."""
     return _DTYPES.get(mode)
 
@@ -43,7 +46,7 @@ def _float32(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def autocast(device_type: str, mode: str) -> Iterator[None]:
+def autocast(device_type: str, mode: AmpMode) -> Iterator[None]:
     """Within the block, autocast to ``mode``'s dtype; entropy models stay in float32.
 
     Parameters

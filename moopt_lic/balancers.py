@@ -40,7 +40,24 @@ from moopt_lic.errors import InputError
 if TYPE_CHECKING:
     from moopt_lic.config import TrainConfig
 
-__all__ = ["BALANCERS", "BalancerChoice", "build_base_balancer", "parse_options"]
+__all__ = ["BALANCERS", "BalancerChoice", "build_base_balancer", "default_of", "parse_options"]
+
+
+def default_of(owner: Callable[..., Any], name: str) -> Any:
+    """Return the default of the argument ``name`` of ``owner`` (a balancer class, a function).
+
+    The trainer's flags take their defaults from here, so a default changed in the class is
+    the trainer's too.
+
+    Raises
+    ------
+    TypeError
+        If ``owner`` has no argument ``name`` or it has no default.
+    """
+    parameter = inspect.signature(owner).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise TypeError(f"{owner.__qualname__} has no argument {name!r} with a default")
+    return parameter.default
 
 
 def _no_settings(config: TrainConfig) -> dict[str, Any]:
@@ -67,7 +84,9 @@ class BalancerChoice:
 
 
 def _eq_qp(config: TrainConfig) -> dict[str, Any]:
-    floor = 0.0 if config.loss_floor is None else config.loss_floor
+    floor = (
+        default_of(EqQPBalancer, "loss_floor") if config.loss_floor is None else config.loss_floor
+    )
     return {"log_losses": True, "loss_floor": floor}
 
 
@@ -76,7 +95,11 @@ def _coarse_to_fine(config: TrainConfig) -> dict[str, Any]:
         "num_objectives": 2,
         "logit_lr": config.logit_lr,
         "gamma": config.gamma,
-        "loss_floor": -1.0 if config.loss_floor is None else config.loss_floor,
+        "loss_floor": (
+            default_of(CoarseToFineBalancer, "loss_floor")
+            if config.loss_floor is None
+            else config.loss_floor
+        ),
         "logit_optimizer": config.logit_optimizer,
     }
 

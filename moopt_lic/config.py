@@ -11,22 +11,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin, get_type_hints
 
-from moopt_lic.amp import AMP_MODES
+from moopt import CoarseToFineBalancer, MGDABalancer
+from moopt.balancers.coarse_to_fine import LogitOptimizer
+from moopt.balancers.mgda import Normalization
+from moopt.pytorch import GramMode, balanced_backward
+from moopt_lic.amp import AMP_MODES, AmpMode
 from moopt_lic.balancers import BALANCERS as BALANCER_REGISTRY
-from moopt_lic.balancers import build_base_balancer
+from moopt_lic.balancers import build_base_balancer, default_of
 from moopt_lic.errors import InputError
 from moopt_lic.models import FACTORY, MODELS, ModelSpec, factory_name
+from moopt_lic.objectives import Metric
 
 __all__ = [
     "BALANCERS",
     "DEFAULT_STEPS",
     "DEMO_TARGET_BPP",
+    "DeviceName",
+    "LrSchedule",
     "TrainConfig",
     "build_parser",
     "config_from_args",
@@ -46,6 +55,12 @@ DEMO_TARGET_BPP = 0.3
 #: Names understood by ``--balancer``: the registry's ([`moopt_lic.balancers`][]).
 BALANCERS = tuple(BALANCER_REGISTRY)
 
+LrSchedule = Literal["constant", "cosine", "step"]
+"""A learning-rate schedule, what ``--lr-schedule`` accepts."""
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+"""A device, what ``--device`` accepts (``auto``: CUDA when present, else CPU)."""
+
 
 RUNTIME_FIELDS = ("device", "progress", "workers", "out", "resume", "dist_timeout")
 """Config fields a ``--resume`` takes from the current command line, not from the checkpoint.
@@ -57,7 +72,12 @@ no longer be bit-identical.)"""
 
 
 def _opt(help: str, flag: str | None = None, short: str | None = None, **kwargs: Any) -> Any:
-    """Metadata of one field: its help text, flag name and argparse extras."""
+    """Metadata of one field: its help text, flag name and argparse extras.
+
+    The type, choices and repetition of the flag come from the field's annotation (see
+    ``_Kind``); ``kwargs`` holds only what an annotation cannot say (a parsing function, a
+    registry's names).
+    """
     return {"help": help, "flag": flag, "short": short, "argparse": kwargs}
 
 
@@ -132,11 +152,10 @@ class TrainConfig:
         metadata=_opt("override the latent channels M", flag="--M"),
     )
     # objectives
-    metric: str = field(
+    metric: Metric = field(
         default="mse",
         metadata=_opt(
-            "distortion: λ·255²·MSE or λ·(1 − MS-SSIM); MS-SSIM needs --patch-size > 160",
-            choices=["mse", "ms-ssim"],
+            "distortion: λ·255²·MSE or λ·(1 − MS-SSIM); MS-SSIM needs --patch-size > 160"
         ),
     )
     lmbda: float = field(
@@ -169,15 +188,20 @@ class TrainConfig:
         default=None,
         metadata=_opt(
             "a setting of the balancer as NAME=VALUE, repeatable (e.g. --balancer pcgrad "
-            "--balancer-option seed=3); the names are the balancer class's arguments",
-            action="append",
+            "--balancer-option seed=3); the names are the balancer class's arguments"
         ),
     )
-    logit_lr: float = field(default=0.025, metadata=_opt("coarse-to-fine: logit learning rate β"))
-    gamma: float = field(default=0.003, metadata=_opt("coarse-to-fine: logit weight decay γ"))
-    logit_optimizer: str = field(
-        default="adam",
-        metadata=_opt("coarse-to-fine: how the logits are updated", choices=["adam", "sgd"]),
+    logit_lr: float = field(
+        default=default_of(CoarseToFineBalancer, "logit_lr"),
+        metadata=_opt("coarse-to-fine: logit learning rate β"),
+    )
+    gamma: float = field(
+        default=default_of(CoarseToFineBalancer, "gamma"),
+        metadata=_opt("coarse-to-fine: logit weight decay γ"),
+    )
+    logit_optimizer: LogitOptimizer = field(
+        default=default_of(CoarseToFineBalancer, "logit_optimizer"),
+        metadata=_opt("coarse-to-fine: how the logits are updated"),
     )
     loss_floor: float | None = field(
         default=None,
@@ -192,9 +216,9 @@ class TrainConfig:
             "(n× cheaper, n× fewer logit updates)"
         ),
     )
-    mgda_normalization: str = field(
-        default="none",
-        metadata=_opt("mgda: gradient normalisation", choices=["none", "loss", "l2"]),
+    mgda_normalization: Normalization = field(
+        default=default_of(MGDABalancer, "normalization"),
+        metadata=_opt("mgda: gradient normalisation"),
     )
     features: bool = field(
         default=False,
@@ -203,12 +227,9 @@ class TrainConfig:
             "through the encoder) instead of all parameters"
         ),
     )
-    gram_mode: str = field(
-        default="sequential",
-        metadata=_opt(
-            "mgda/eq-qp: per-objective gradients by k passes or one batched pass",
-            choices=["sequential", "batched"],
-        ),
+    gram_mode: GramMode = field(
+        default=default_of(balanced_backward, "gram_mode"),
+        metadata=_opt("mgda/eq-qp: per-objective gradients by k passes or one batched pass"),
     )
     # optimisation
     steps: int | None = field(
@@ -228,21 +249,17 @@ class TrainConfig:
             "Adam learning rate of the entropy bottleneck's quantiles (aux_loss, never balanced)"
         ),
     )
-    lr_schedule: str = field(
-        default="cosine",
-        metadata=_opt(
-            "learning-rate schedule over the run", choices=["constant", "cosine", "step"]
-        ),
+    lr_schedule: LrSchedule = field(
+        default="cosine", metadata=_opt("learning-rate schedule over the run")
     )
     clip_max_norm: float = field(
         default=1.0, metadata=_opt("clip the balanced gradient's norm to this (0: no clipping)")
     )
-    amp: str = field(
+    amp: AmpMode = field(
         default="off",
         metadata=_opt(
             "mixed precision: the transforms under torch.autocast in bfloat16 or float16 "
-            "(fp16 with a GradScaler), the entropy models in float32 (see 'Mixed precision')",
-            choices=list(AMP_MODES),
+            "(fp16 with a GradScaler), the entropy models in float32 (see 'Mixed precision')"
         ),
     )
     init_from: str | None = field(
@@ -259,10 +276,7 @@ class TrainConfig:
             "fixes the initial weights, the data order, the crops and the quantisation noise"
         ),
     )
-    device: str = field(
-        default="auto",
-        metadata=_opt("auto: CUDA when present, else CPU", choices=["auto", "cpu", "cuda"]),
-    )
+    device: DeviceName = field(default="auto", metadata=_opt("auto: CUDA when present, else CPU"))
     threads: int | None = field(default=None, metadata=_opt("torch CPU threads (default: torch's)"))
     out: str | None = field(
         default=None,
@@ -384,30 +398,85 @@ class TrainConfig:
         """
         if not isinstance(values, dict):
             raise InputError(f"the configuration is a {type(values).__name__}, not a dict")
-        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        kinds = _kinds()
         unknown = sorted(str(key) for key in set(values) - set(kinds))
         if unknown:
             raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
         for name, value in values.items():
-            if not _has_kind(value, kinds[name]):
+            if not kinds[name].admits(value):
                 raise InputError(f"configuration {name!r} is {value!r}, not of type {kinds[name]}")
         return cls(**values)
 
 
-def _has_kind(value: Any, kind: str) -> bool:
-    """Whether ``value`` fits a field annotated ``kind`` (``"float | None"``, ...)."""
-    options = {option.strip() for option in kind.split("|")}
-    if value is None:
-        return "None" in options
-    if isinstance(value, list):
-        return "list[str]" in options and all(isinstance(item, str) for item in value)
-    if isinstance(value, bool):
-        return "bool" in options
-    if isinstance(value, int):
-        return bool(options & {"int", "float"})
-    if isinstance(value, float):
-        return "float" in options
-    return isinstance(value, str) and "str" in options
+@dataclass(frozen=True)
+class _Kind:
+    """What a field's annotation says about its values: the argparse and checkpoint view.
+
+    Attributes
+    ----------
+    base : type
+        ``bool``, ``int``, ``float`` or ``str`` (a ``Literal`` of strings is ``str``), or
+        ``list`` for a repeatable flag (a ``list[str]``).
+    optional : bool
+        Whether ``None`` is allowed (``X | None``).
+    choices : tuple of str, optional
+        A ``Literal``'s values: the only ones the flag accepts.
+    """
+
+    base: type
+    optional: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, hint: Any) -> _Kind:
+        """Read a resolved annotation: ``X``, ``X | None``, ``Literal[...]``, ``list[str]``."""
+        options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+        present = [option for option in options if option is not type(None)]
+        if len(present) != 1:
+            raise TypeError(f"a flag has one type (or that type | None), not {hint}")
+        inner, optional = present[0], len(options) > 1
+        if get_origin(inner) is Literal:
+            choices = get_args(inner)
+            if not all(isinstance(choice, str) for choice in choices):
+                raise TypeError(f"a flag's Literal holds strings, not {inner}")
+            return cls(str, optional, choices)
+        if get_origin(inner) is list:
+            if get_args(inner) != (str,):
+                raise TypeError(f"a repeatable flag is a list[str], not {inner}")
+            return cls(list, optional)
+        if inner not in (bool, int, float, str):
+            raise TypeError(f"no flag for a field of type {inner}")
+        return cls(inner, optional)
+
+    def admits(self, value: Any) -> bool:
+        """Return whether ``value`` has the field's type (an int fits a float).
+
+        A ``Literal`` field takes any string here: its values are checked where they are
+        used, by messages that name the flag.
+        """
+        if value is None:
+            return self.optional
+        if isinstance(value, list):
+            return self.base is list and all(isinstance(item, str) for item in value)
+        if isinstance(value, bool):
+            return self.base is bool
+        if isinstance(value, int):
+            return self.base in (int, float)
+        if isinstance(value, float):
+            return self.base is float
+        return isinstance(value, str) and self.base is str
+
+    def __str__(self) -> str:
+        """Name the type as messages do: ``float | None``, ``list[str] | None``, ..."""
+        name = "list[str]" if self.base is list else self.base.__name__
+        return f"{name} | None" if self.optional else name
+
+
+@functools.cache
+def _kinds() -> dict[str, _Kind]:
+    """Return every field's ``_Kind``, read from its resolved annotation."""
+    hints = get_type_hints(TrainConfig)
+    return {f.name: _Kind.of(hints[f.name]) for f in dataclasses.fields(TrainConfig)}
 
 
 def _model_argument(value: str) -> str:
@@ -441,23 +510,30 @@ def build_parser(prog: str = "python -m moopt_lic.train") -> argparse.ArgumentPa
         "arguments: a small codec on built-in photos with the coarse-to-fine balancer.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    kinds = _kinds()
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         flags = [meta.get("flag") or "--" + f.name.replace("_", "-")]
         if meta.get("short"):
             flags.insert(0, meta["short"])
-        kwargs: dict[str, Any] = {"help": meta["help"], "dest": f.name, **meta["argparse"]}
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = f.default
-        else:
-            kwargs.setdefault("type", {"int": int, "float": float}.get(kind.split(" ")[0], str))
-            kwargs["default"] = f.default
-            if "str | None" in kind or "None" in kind:
-                kwargs["metavar"] = f.name.upper() if f.name not in ("N", "M") else f.name
+        kwargs = {"help": meta["help"], "dest": f.name, "default": f.default}
+        kwargs |= _argparse_kwargs(f.name, kinds[f.name]) | meta["argparse"]
         parser.add_argument(*flags, **kwargs)
     return parser
+
+
+def _argparse_kwargs(name: str, kind: _Kind) -> dict[str, Any]:
+    """Return the ``add_argument`` settings that the kind of the field ``name`` implies."""
+    if kind.base is bool:
+        return {"action": argparse.BooleanOptionalAction}  # --features / --no-features
+    kwargs: dict[str, Any] = {"type": kind.base}
+    if kind.base is list:
+        kwargs = {"type": str, "action": "append"}  # repeated: --balancer-option a=1 ... b=2
+    if kind.choices is not None:
+        kwargs["choices"] = list(kind.choices)
+    if kind.optional:
+        kwargs["metavar"] = name.upper() if name not in ("N", "M") else name
+    return kwargs
 
 
 def flags_markdown() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pytorch_msssim import ms_ssim
@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 Metric = Literal["mse", "ms-ssim"]
+"""A distortion measure, what ``--metric`` accepts: ``λ·255²·MSE`` or ``λ·(1 − MS-SSIM)``."""
+
 MSSSIM_MIN_SIDE = 160
 """pytorch_msssim's 5 scales with its 11-pixel window need images larger than this."""
 
@@ -74,7 +76,7 @@ class Distortion(Objective[CodecBatch, torch.Tensor]):
         super().__init__("distortion")
         if not (isinstance(lmbda, int | float) and math.isfinite(lmbda) and lmbda > 0):
             raise InputError(f"λ (--lambda) must be a finite number > 0, got {lmbda!r}")
-        if metric not in ("mse", "ms-ssim"):
+        if metric not in get_args(Metric):
             raise InputError(f"unknown metric {metric!r}; choose 'mse' or 'ms-ssim'")
         self.lmbda = float(lmbda)
         self.metric = metric

@@ -219,7 +219,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.skipped_steps = 0  # of --amp fp16, over the run
         self._skipped_in_a_row = 0
-        self.rate, self.distortion = rd_objectives(config.lmbda, config.metric)  # type: ignore[arg-type]
+        self.rate, self.distortion = rd_objectives(config.lmbda, config.metric)
         self._latent: list[torch.Tensor] = []
         if config.features:
             if not hasattr(self.model, "g_a"):
@@ -256,7 +256,7 @@ class Trainer:
                 self.balancer,
                 self.main_params,
                 features=self._latent[-1] if config.features else None,
-                gram_mode=config.gram_mode,  # type: ignore[arg-type]
+                gram_mode=config.gram_mode,
                 distributed=self.distributed,
                 grad_scaler=self.scaler,
             )

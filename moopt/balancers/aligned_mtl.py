@@ -3,7 +3,7 @@ r"""Aligned-MTL: align the gradients' principal components (Senushkin et al., CV
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -14,7 +14,7 @@ from moopt.validation import FloatArray, as_finite_vector
 __all__ = ["AlignedMTLBalancer", "ScaleMode", "aligned_mtl_weights"]
 
 ScaleMode = Literal["min", "median", "rmse"]
-_SCALE_MODES = ("min", "median", "rmse")
+_SCALE_MODES = get_args(ScaleMode)  # the check and the type cannot disagree
 _EPS = float(np.finfo(np.float64).eps)
 
 

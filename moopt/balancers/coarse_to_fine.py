@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -22,7 +22,7 @@ from moopt.validation import (
 __all__ = ["CoarseToFineBalancer", "LogitOptimizer"]
 
 LogitOptimizer = Literal["adam", "sgd"]
-_LOGIT_OPTIMIZERS = ("adam", "sgd")
+_LOGIT_OPTIMIZERS = get_args(LogitOptimizer)  # the check and the type cannot disagree
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -15,7 +15,7 @@ from moopt.validation import FloatArray, as_loss_floor, as_loss_floor_setting, s
 __all__ = ["MGDABalancer", "Normalization"]
 
 Normalization = Literal["none", "loss", "l2"]
-_NORMALIZATIONS = ("none", "loss", "l2")
+_NORMALIZATIONS = get_args(Normalization)  # the check and the type cannot disagree
 
 
 def _check_normalization(value: Any) -> Normalization:

@@ -84,13 +84,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from moopt.balancers.base import Balancer
+from moopt.pytorch._types import GRAM_MODES, BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
 __all__ = [
@@ -101,43 +100,8 @@ __all__ = [
     "update_balancer",
 ]
 
-GramMode = Literal["sequential", "batched"]
-_GRAM_MODES = ("sequential", "batched")
-
-LossesLike = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
-
-
-class NonFiniteError(ValueError):
-    """A loss or an objective's gradient is NaN/∞; the message names the objective(s)."""
-
-
-@dataclass(frozen=True)
-class BalancedStep:
-    """What [`balanced_backward`][moopt.pytorch.balanced_backward] did.
-
-    Attributes
-    ----------
-    weights : numpy.ndarray
-        The balancer's weights, float64 of shape ``(k,)``; ``.grad`` received
-        ``Σ_i weights[i] ∇L_i``.
-    losses : numpy.ndarray
-        The k loss values, float64 of shape ``(k,)``.
-    gram : numpy.ndarray or None
-        Exactly the ``k × k`` matrix handed to the balancer (parameter Gram, or feature Gram
-        in ``features`` mode; unscaled under a ``GradScaler``), float64; None when the
-        balancer did not need one.
-    names : tuple of str
-        The objectives' names (the mapping's keys, or ``"objective 0"``, ...).
-    skipped : bool
-        True when, under a ``GradScaler``, a gradient overflowed: the balancer was left as
-        it was, ``weights`` are NaN, and ``scaler.step`` will skip the optimizer step.
-    """
-
-    weights: FloatArray
-    losses: FloatArray
-    gram: FloatArray | None
-    names: tuple[str, ...]
-    skipped: bool = False
+# Defined in a private module; named by their public path in reprs, tracebacks and pickles.
+BalancedStep.__module__ = NonFiniteError.__module__ = __name__
 
 
 def _unpack_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
@@ -515,8 +479,8 @@ def balanced_backward(
     """
     names, tensors = _named_losses(losses)
     param_list = _checked_params(params)
-    if gram_mode not in _GRAM_MODES:
-        raise ValueError(f"gram_mode must be one of {_GRAM_MODES}, got {gram_mode!r}")
+    if gram_mode not in GRAM_MODES:
+        raise ValueError(f"gram_mode must be one of {GRAM_MODES}, got {gram_mode!r}")
     world = _world_size(distributed)
     values = _loss_values(names, tensors, world)  # what the balancer sees: never scaled
     tensors = [_working(t) for t in tensors]

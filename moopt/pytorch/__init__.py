@@ -89,6 +89,7 @@ import numpy as np
 import torch
 
 from moopt.balancers.base import Balancer
+from moopt.pytorch._collectives import all_reduce_mean, all_reduce_sum_, reduce_rows, world_size
 from moopt.pytorch._types import GRAM_MODES, BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
@@ -138,57 +139,13 @@ def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tenso
     return names, tensors
 
 
-def _world_size(distributed: bool) -> int:
-    """Return the number of processes to average over (1 when not distributed)."""
-    if not distributed:
-        return 1
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        raise ValueError(
-            "distributed=True needs torch.distributed to be initialised "
-            "(torch.distributed.init_process_group, e.g. under torchrun)"
-        )
-    return int(torch.distributed.get_world_size())
-
-
-def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> list[torch.Tensor]:
-    """Average ``tensors`` over the processes: one all-reduce per dtype, on a flat buffer."""
-    if world == 1 or not tensors:
-        return tensors
-    reduced: list[torch.Tensor] = list(tensors)
-    for dtype in dict.fromkeys(t.dtype for t in tensors):
-        group = [i for i, t in enumerate(tensors) if t.dtype == dtype]
-        flat = torch.cat([tensors[i].reshape(-1) for i in group])
-        torch.distributed.all_reduce(flat)
-        flat /= world
-        sizes = [tensors[i].numel() for i in group]
-        for i, part in zip(group, torch.split(flat, sizes), strict=True):
-            reduced[i] = part.view_as(tensors[i])
-    return reduced
-
-
-def _reduce_rows(
-    grads: list[list[torch.Tensor | None]], world: int
-) -> list[list[torch.Tensor | None]]:
-    """Average every present gradient over the processes (all objectives in one call).
-
-    Which gradients are present (reached) is the same on every process: the same model and
-    losses give the same graph.
-    """
-    present = [(i, j) for i, row in enumerate(grads) for j, g in enumerate(row) if g is not None]
-    means = _all_reduce_mean([grads[i][j] for i, j in present], world)  # type: ignore[misc]
-    reduced = [list(row) for row in grads]
-    for (i, j), mean in zip(present, means, strict=True):
-        reduced[i][j] = mean
-    return reduced
-
-
 def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor], world: int = 1) -> FloatArray:
     """Copy the k loss values (averaged over the processes) to the host in one transfer.
 
     Any NaN/∞ objective is named.
     """
     stacked = torch.stack([t.detach().reshape(()) for t in tensors]).double()
-    values = _all_reduce_mean([stacked], world)[0].cpu().numpy()
+    values = all_reduce_mean([stacked], world)[0].cpu().numpy()
     for name, value in zip(names, values, strict=True):
         if not math.isfinite(float(value)):
             raise NonFiniteError(f"loss {name!r} is {value}: the objective is not finite")
@@ -317,7 +274,7 @@ def _gram(
             if left is not None and right is not None:
                 entries[index] += torch.dot(left, right)
     if disjoint_world > 1:
-        torch.distributed.all_reduce(entries)
+        all_reduce_sum_(entries)
         entries /= disjoint_world**2
     values = entries.double().cpu().numpy()
     gram = np.zeros((k, k))
@@ -481,7 +438,7 @@ def balanced_backward(
     param_list = _checked_params(params)
     if gram_mode not in GRAM_MODES:
         raise ValueError(f"gram_mode must be one of {GRAM_MODES}, got {gram_mode!r}")
-    world = _world_size(distributed)
+    world = world_size(distributed)
     values = _loss_values(names, tensors, world)  # what the balancer sees: never scaled
     tensors = [_working(t) for t in tensors]
     scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
@@ -511,7 +468,7 @@ def balanced_backward(
         local: list[torch.Tensor | None] = list(
             torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
         )
-        local = _reduce_rows([local], world)[0]
+        local = reduce_rows([local], world)[0]
         if scaler is not None and not _all_finite(local):
             return skip(None)
         _accumulate_all(param_list, local)
@@ -519,7 +476,7 @@ def balanced_backward(
 
     if features is None:
         grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
-        grads = _reduce_rows(grads, world)  # the Gram of the *global* gradients
+        grads = reduce_rows(grads, world)  # the Gram of the *global* gradients
         gram = _gram(grads, len(param_list)) / scale**2
         if scaler is not None and not np.isfinite(gram).all():
             return skip(gram)
@@ -565,7 +522,7 @@ def balanced_backward(
                 )
             )
     # heads (and, distributed, the trunk) averaged over the processes in one all-reduce
-    reduced = _reduce_rows([head_grads + trunk_grads], world)[0]
+    reduced = reduce_rows([head_grads + trunk_grads], world)[0]
     if scaler is not None and not _all_finite(reduced):
         return skip(gram)
     _accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
@@ -637,6 +594,6 @@ def update_balancer(
         return None
     with torch.no_grad():
         names, tensors = _unpack_losses(closure())
-    values = _loss_values(names, tensors, _world_size(distributed))
+    values = _loss_values(names, tensors, world_size(distributed))
     balancer.update(values)
     return values

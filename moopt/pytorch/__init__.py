@@ -83,14 +83,22 @@ bfloat16 has float32's exponent range and needs no scaler.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from moopt.balancers.base import Balancer
-from moopt.pytorch._collectives import all_reduce_mean, all_reduce_sum_, reduce_rows, world_size
-from moopt.pytorch._types import GRAM_MODES, BalancedStep, GramMode, LossesLike, NonFiniteError
+from moopt.pytorch._checks import (
+    check_gram_mode,
+    checked_features,
+    checked_losses,
+    checked_params,
+    loss_values,
+    unpack_losses,
+)
+from moopt.pytorch._collectives import all_reduce_sum_, reduce_rows, world_size
+from moopt.pytorch._types import BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
 __all__ = [
@@ -103,53 +111,6 @@ __all__ = [
 
 # Defined in a private module; named by their public path in reprs, tracebacks and pickles.
 BalancedStep.__module__ = NonFiniteError.__module__ = __name__
-
-
-def _unpack_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
-    """Names and tensors of a sequence (``objective i``) or mapping of losses."""
-    if isinstance(losses, Mapping):
-        return tuple(str(name) for name in losses), list(losses.values())
-    if isinstance(losses, torch.Tensor):
-        raise TypeError(
-            "losses must be a sequence or mapping of k scalar tensors, got one tensor; "
-            "pass [loss_1, loss_2, ...] or {'name': loss, ...}"
-        )
-    tensors = list(losses)
-    return tuple(f"objective {i}" for i in range(len(tensors))), tensors
-
-
-def _named_losses(losses: LossesLike) -> tuple[tuple[str, ...], list[torch.Tensor]]:
-    """Check the losses: non-empty, scalar tensors that require grad, finite."""
-    names, tensors = _unpack_losses(losses)
-    if not tensors:
-        raise ValueError("losses is empty: give at least one objective")
-    for name, loss in zip(names, tensors, strict=True):
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"loss {name!r} must be a torch.Tensor, got {type(loss).__name__}")
-        if loss.numel() != 1:
-            raise ValueError(
-                f"loss {name!r} must be a scalar tensor, got shape {tuple(loss.shape)}; "
-                f"reduce it first (e.g. .mean())"
-            )
-        if not loss.requires_grad:
-            raise ValueError(
-                f"loss {name!r} does not require grad: it is not connected to any parameter "
-                f"(computed under torch.no_grad() or from detached tensors?)"
-            )
-    return names, tensors
-
-
-def _loss_values(names: tuple[str, ...], tensors: list[torch.Tensor], world: int = 1) -> FloatArray:
-    """Copy the k loss values (averaged over the processes) to the host in one transfer.
-
-    Any NaN/∞ objective is named.
-    """
-    stacked = torch.stack([t.detach().reshape(()) for t in tensors]).double()
-    values = all_reduce_mean([stacked], world)[0].cpu().numpy()
-    for name, value in zip(names, values, strict=True):
-        if not math.isfinite(float(value)):
-            raise NonFiniteError(f"loss {name!r} is {value}: the objective is not finite")
-    return np.asarray(values, dtype=np.float64)
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -165,38 +126,6 @@ def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Whether every present tensor is finite (one transfer to the host)."""
     flags = [torch.isfinite(t).all() for t in tensors if t is not None]
     return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
-
-
-def _checked_params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    if isinstance(params, torch.Tensor):
-        params = [params]
-    checked = list({id(p): p for p in params}.values())  # once each, in order
-    if not checked:
-        raise ValueError("params is empty: give the parameters whose .grad to fill")
-    for index, param in enumerate(checked):
-        if not isinstance(param, torch.Tensor):
-            raise TypeError(f"params[{index}] must be a torch.Tensor, got {type(param).__name__}")
-        if not param.requires_grad:
-            raise ValueError(f"params[{index}] (shape {tuple(param.shape)}) does not require grad")
-    return checked
-
-
-def _checked_features(features: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    tensors = [features] if isinstance(features, torch.Tensor) else list(features)
-    if not tensors:
-        raise ValueError("features is empty: give the shared feature tensors, or None")
-    for index, feature in enumerate(tensors):
-        if not isinstance(feature, torch.Tensor):
-            raise TypeError(
-                f"features[{index}] must be a torch.Tensor, got {type(feature).__name__}"
-            )
-        if feature.grad_fn is None:
-            raise ValueError(
-                f"features[{index}] has no autograd history: pass the tensor the losses were "
-                f"computed from (e.g. the latent y of the same forward pass), not a detached "
-                f"copy or a leaf"
-            )
-    return tensors
 
 
 def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
@@ -434,12 +363,11 @@ def balanced_backward(
     >>> step.names, step.weights.sum()
     (('a', 'b'), 1.0)
     """
-    names, tensors = _named_losses(losses)
-    param_list = _checked_params(params)
-    if gram_mode not in GRAM_MODES:
-        raise ValueError(f"gram_mode must be one of {GRAM_MODES}, got {gram_mode!r}")
+    names, tensors = checked_losses(losses)
+    param_list = checked_params(params)
+    check_gram_mode(gram_mode)
     world = world_size(distributed)
-    values = _loss_values(names, tensors, world)  # what the balancer sees: never scaled
+    values = loss_values(names, tensors, world)  # what the balancer sees: never scaled
     tensors = [_working(t) for t in tensors]
     scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
     scale = 1.0
@@ -488,7 +416,7 @@ def balanced_backward(
         _accumulate_all(param_list, combined)
         return BalancedStep(weights, values, gram, names)
 
-    feature_list = _checked_features(features)
+    feature_list = checked_features(features)
     trunk, heads = _split_at_features(tensors, feature_list, param_list)
     inputs = feature_list + heads
     # the trunk is not traversed here, so its buffers survive for the final pass
@@ -593,7 +521,7 @@ def update_balancer(
     if not balancer.requires_update or (step is not None and step % every != 0):
         return None
     with torch.no_grad():
-        names, tensors = _unpack_losses(closure())
-    values = _loss_values(names, tensors, world_size(distributed))
+        names, tensors = unpack_losses(closure())
+    values = loss_values(names, tensors, world_size(distributed))
     balancer.update(values)
     return values

@@ -98,6 +98,7 @@ from moopt.pytorch._checks import (
     unpack_losses,
 )
 from moopt.pytorch._collectives import all_reduce_sum_, reduce_rows, world_size
+from moopt.pytorch._graph import split_at_features
 from moopt.pytorch._types import BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
@@ -246,49 +247,6 @@ def _combine(
     return total if total is None or total.dtype == dtype else total.to(dtype)
 
 
-Node = torch.autograd.graph.Node
-
-
-def _leaf_ids(roots: Iterable[Node], stop: set[Node]) -> set[int]:
-    """Return the ids of the leaf tensors reachable from ``roots`` without entering ``stop``."""
-    found: set[int] = set()
-    seen: set[Node] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node in seen or node in stop:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            found.add(id(variable))
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return found
-
-
-def _split_at_features(
-    tensors: list[torch.Tensor], features: list[torch.Tensor], params: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Split ``params`` into the trunk and the heads of the graph cut by ``features``.
-
-    The trunk is what the features depend on; the heads are reached from the losses without
-    passing through the features. A parameter on both sides is an error.
-    """
-    feature_nodes = {f.grad_fn for f in features if f.grad_fn is not None}
-    trunk_ids = _leaf_ids(feature_nodes, set())
-    head_ids = _leaf_ids([t.grad_fn for t in tensors if t.grad_fn is not None], feature_nodes)
-    shared = [p for p in params if id(p) in trunk_ids and id(p) in head_ids]
-    if shared:
-        raise ValueError(
-            f"{len(shared)} parameter(s) (first of shape {tuple(shared[0].shape)}) are used both "
-            f"before and after the features: features mode needs the features to cut the graph; "
-            f"choose other features or use the parameter Gram (features=None)"
-        )
-    trunk = [p for p in params if id(p) in trunk_ids]
-    heads = [p for p in params if id(p) not in trunk_ids]
-    return trunk, heads
-
-
 def balanced_backward(
     losses: LossesLike,
     balancer: Balancer,
@@ -417,7 +375,7 @@ def balanced_backward(
         return BalancedStep(weights, values, gram, names)
 
     feature_list = checked_features(features)
-    trunk, heads = _split_at_features(tensors, feature_list, param_list)
+    trunk, heads = split_at_features(tensors, feature_list, param_list)
     inputs = feature_list + heads
     # the trunk is not traversed here, so its buffers survive for the final pass
     grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)

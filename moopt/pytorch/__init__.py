@@ -99,6 +99,7 @@ from moopt.pytorch._checks import (
 )
 from moopt.pytorch._collectives import all_reduce_sum_, reduce_rows, world_size
 from moopt.pytorch._graph import split_at_features
+from moopt.pytorch._precision import LOW_PRECISION, all_finite, working_precision
 from moopt.pytorch._types import BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
@@ -112,21 +113,6 @@ __all__ = [
 
 # Defined in a private module; named by their public path in reprs, tracebacks and pickles.
 BalancedStep.__module__ = NonFiniteError.__module__ = __name__
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _working(tensor: torch.Tensor) -> torch.Tensor:
-    """Return a loss as a 0-d tensor of float32 or wider (autocast may give 16-bit ones)."""
-    scalar = tensor.reshape(())
-    return scalar.float() if scalar.dtype in _LOW_PRECISION else scalar
-
-
-def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """Whether every present tensor is finite (one transfer to the host)."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
-    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
@@ -241,7 +227,7 @@ def _combine(
             continue
         if total is None:
             dtype = g.dtype
-            total = (g.float() if dtype in _LOW_PRECISION else g) * float(w)
+            total = (g.float() if dtype in LOW_PRECISION else g) * float(w)
         else:
             total.add_(g, alpha=float(w))
     return total if total is None or total.dtype == dtype else total.to(dtype)
@@ -326,7 +312,7 @@ def balanced_backward(
     check_gram_mode(gram_mode)
     world = world_size(distributed)
     values = loss_values(names, tensors, world)  # what the balancer sees: never scaled
-    tensors = [_working(t) for t in tensors]
+    tensors = [working_precision(t) for t in tensors]
     scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
     scale = 1.0
     if scaler is not None:
@@ -355,7 +341,7 @@ def balanced_backward(
             torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
         )
         local = reduce_rows([local], world)[0]
-        if scaler is not None and not _all_finite(local):
+        if scaler is not None and not all_finite(local):
             return skip(None)
         _accumulate_all(param_list, local)
         return BalancedStep(weights, values, None, names)
@@ -369,7 +355,7 @@ def balanced_backward(
         _check_gram(names, gram)
         weights = balancer.weights(values, gram)
         combined = [_combine(grads, weights, j) for j in range(len(param_list))]
-        if scaler is not None and not _all_finite(combined):
+        if scaler is not None and not all_finite(combined):
             return skip(gram)
         _accumulate_all(param_list, combined)
         return BalancedStep(weights, values, gram, names)
@@ -409,7 +395,7 @@ def balanced_backward(
             )
     # heads (and, distributed, the trunk) averaged over the processes in one all-reduce
     reduced = reduce_rows([head_grads + trunk_grads], world)[0]
-    if scaler is not None and not _all_finite(reduced):
+    if scaler is not None and not all_finite(reduced):
         return skip(gram)
     _accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
     return BalancedStep(weights, values, gram, names)

@@ -97,9 +97,11 @@ from moopt.pytorch._checks import (
     loss_values,
     unpack_losses,
 )
-from moopt.pytorch._collectives import all_reduce_sum_, reduce_rows, world_size
+from moopt.pytorch._collectives import reduce_rows, world_size
+from moopt.pytorch._combine import accumulate, accumulate_all, combine
+from moopt.pytorch._gram import check_gram, gram_matrix, per_objective_gradients
 from moopt.pytorch._graph import split_at_features
-from moopt.pytorch._precision import LOW_PRECISION, all_finite, working_precision
+from moopt.pytorch._precision import all_finite, working_precision
 from moopt.pytorch._types import BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
@@ -113,124 +115,6 @@ __all__ = [
 
 # Defined in a private module; named by their public path in reprs, tracebacks and pickles.
 BalancedStep.__module__ = NonFiniteError.__module__ = __name__
-
-
-def _accumulate(param: torch.Tensor, gradient: torch.Tensor) -> None:
-    """Add ``gradient`` to ``param.grad`` like ``Tensor.backward`` does."""
-    if param.grad is None:
-        param.grad = gradient.detach().to(param.dtype)
-    else:
-        param.grad.add_(gradient.to(param.grad.dtype))
-
-
-def _accumulate_all(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
-    """`_accumulate` every present gradient into its parameter."""
-    for param, gradient in zip(params, grads, strict=True):
-        if gradient is not None:
-            _accumulate(param, gradient)
-
-
-def _gram_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
-    """Float64 for float64 gradients, float32 otherwise (bfloat16 and float16 included)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _per_objective_gradients(
-    tensors: list[torch.Tensor],
-    inputs: list[torch.Tensor],
-    mode: GramMode,
-    retain_graph: bool,
-) -> list[list[torch.Tensor | None]]:
-    """``grads[i][j] = ∂L_i/∂inputs[j]`` (None where objective i does not reach input j)."""
-    k = len(tensors)
-    if mode == "batched" and k > 1:
-        stacked = torch.stack([t.reshape(()) for t in tensors])
-        eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
-        batched = torch.autograd.grad(
-            stacked,
-            inputs,
-            grad_outputs=eye,
-            retain_graph=retain_graph,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        return [[None if g is None else g[i] for g in batched] for i in range(k)]
-    grads: list[list[torch.Tensor | None]] = []
-    for i, loss in enumerate(tensors):
-        keep = retain_graph or i < k - 1
-        grads.append(list(torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)))
-    return grads
-
-
-def _gram(
-    grads: list[list[torch.Tensor | None]], count: int, disjoint_world: int = 1
-) -> FloatArray:
-    """Return the ``k × k`` Gram of the per-objective gradients over the first ``count`` inputs.
-
-    Computed on the gradients' device by dot products per input tensor (no concatenated
-    copy of the k gradients), in float64 for float64 gradients and float32 otherwise; only
-    the ``k × k`` result is copied to the host.
-
-    With ``disjoint_world = N > 1`` the inputs are per-process features (each process holds
-    its own samples' activations) and each process's losses are means over its own samples:
-    the Gram of the global loss ``(1/N) Σ_r L_r`` with respect to all processes' features is
-    ``(1/N²) Σ_r Q_r``, one all-reduce of the ``k(k+1)/2`` local entries.
-    """
-    k = len(grads)
-    present = [g for row in grads for g in row[:count] if g is not None]
-    if not present:
-        return np.zeros((k, k))
-    dtype = _gram_dtype(present)
-    pairs = [(a, b) for a in range(k) for b in range(a, k)]
-    entries = torch.zeros(len(pairs), dtype=dtype, device=present[0].device)
-    for j in range(count):
-        flat = [None if (g := row[j]) is None else g.reshape(-1).to(dtype) for row in grads]
-        for index, (a, b) in enumerate(pairs):
-            left, right = flat[a], flat[b]
-            if left is not None and right is not None:
-                entries[index] += torch.dot(left, right)
-    if disjoint_world > 1:
-        all_reduce_sum_(entries)
-        entries /= disjoint_world**2
-    values = entries.double().cpu().numpy()
-    gram = np.zeros((k, k))
-    for index, (a, b) in enumerate(pairs):
-        gram[a, b] = gram[b, a] = values[index]
-    return gram
-
-
-def _check_gram(names: tuple[str, ...], gram: FloatArray) -> None:
-    """Name the objectives whose gradient is NaN/∞ (a non-finite ``‖∇L_i‖²`` on the diagonal)."""
-    if np.isfinite(gram).all():
-        return
-    bad = [name for name, q in zip(names, np.diag(gram), strict=True) if not np.isfinite(q)]
-    raise NonFiniteError(
-        f"the gradient of {' and '.join(repr(n) for n in bad or names)} is not finite "
-        f"(NaN/∞, or its squared norm overflows)"
-    )
-
-
-def _combine(
-    grads: list[list[torch.Tensor | None]], weights: FloatArray, j: int
-) -> torch.Tensor | None:
-    """``Σ_i w_i grads[i][j]`` over the objectives that reach input j, or None if none does.
-
-    One new tensor per input; the gradients themselves are never written to (autograd may
-    return one tensor for several inputs, or an expanded view). bfloat16/float16 gradients
-    (features under autocast) are combined in float32 and the sum cast back once.
-    """
-    total: torch.Tensor | None = None
-    dtype: torch.dtype | None = None
-    for i, w in enumerate(weights):
-        g = grads[i][j]
-        if g is None:
-            continue
-        if total is None:
-            dtype = g.dtype
-            total = (g.float() if dtype in LOW_PRECISION else g) * float(w)
-        else:
-            total.add_(g, alpha=float(w))
-    return total if total is None or total.dtype == dtype else total.to(dtype)
 
 
 def balanced_backward(
@@ -325,7 +209,7 @@ def balanced_backward(
         if before is not None:
             balancer.load_state_dict(before)
         for param in param_list:
-            _accumulate(param, torch.full_like(param, math.inf))
+            accumulate(param, torch.full_like(param, math.inf))
         return BalancedStep(np.full(len(tensors), np.nan), values, gram, names, skipped=True)
 
     if not balancer.requires_gram:
@@ -343,36 +227,36 @@ def balanced_backward(
         local = reduce_rows([local], world)[0]
         if scaler is not None and not all_finite(local):
             return skip(None)
-        _accumulate_all(param_list, local)
+        accumulate_all(param_list, local)
         return BalancedStep(weights, values, None, names)
 
     if features is None:
-        grads = _per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
+        grads = per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
         grads = reduce_rows(grads, world)  # the Gram of the *global* gradients
-        gram = _gram(grads, len(param_list)) / scale**2
+        gram = gram_matrix(grads, len(param_list)) / scale**2
         if scaler is not None and not np.isfinite(gram).all():
             return skip(gram)
-        _check_gram(names, gram)
+        check_gram(names, gram)
         weights = balancer.weights(values, gram)
-        combined = [_combine(grads, weights, j) for j in range(len(param_list))]
+        combined = [combine(grads, weights, j) for j in range(len(param_list))]
         if scaler is not None and not all_finite(combined):
             return skip(gram)
-        _accumulate_all(param_list, combined)
+        accumulate_all(param_list, combined)
         return BalancedStep(weights, values, gram, names)
 
     feature_list = checked_features(features)
     trunk, heads = split_at_features(tensors, feature_list, param_list)
     inputs = feature_list + heads
     # the trunk is not traversed here, so its buffers survive for the final pass
-    grads = _per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
+    grads = per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
     count = len(feature_list)
-    gram = _gram([row[:count] for row in grads], count, disjoint_world=world) / scale**2
+    gram = gram_matrix([row[:count] for row in grads], count, disjoint_world=world) / scale**2
     if scaler is not None and not np.isfinite(gram).all():
         return skip(gram)
-    _check_gram(names, gram)
+    check_gram(names, gram)
     weights = balancer.weights(values, gram)
-    head_grads = [_combine(grads, weights, j) for j in range(count, len(inputs))]
-    feature_grads = [_combine(grads, weights, j) for j in range(count)]
+    head_grads = [combine(grads, weights, j) for j in range(count, len(inputs))]
+    feature_grads = [combine(grads, weights, j) for j in range(count)]
     reached = [(f, g) for f, g in zip(feature_list, feature_grads, strict=True) if g is not None]
     trunk_grads: list[torch.Tensor | None] = []
     if trunk and reached:
@@ -397,7 +281,7 @@ def balanced_backward(
     reduced = reduce_rows([head_grads + trunk_grads], world)[0]
     if scaler is not None and not all_finite(reduced):
         return skip(gram)
-    _accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
+    accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
     return BalancedStep(weights, values, gram, names)
 
 

@@ -82,26 +82,19 @@ bfloat16 has float32's exponent range and needs no scaler.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 
 from moopt.balancers.base import Balancer
-from moopt.pytorch._checks import (
-    check_gram_mode,
-    checked_features,
-    checked_losses,
-    checked_params,
-    loss_values,
-    unpack_losses,
+from moopt.pytorch._checks import checked_features, loss_values, unpack_losses
+from moopt.pytorch._collectives import world_size
+from moopt.pytorch._step import prepare_step
+from moopt.pytorch._strategies import (
+    feature_gram_backward,
+    no_gram_backward,
+    parameter_gram_backward,
 )
-from moopt.pytorch._collectives import reduce_rows, world_size
-from moopt.pytorch._combine import accumulate, accumulate_all, combine
-from moopt.pytorch._gram import check_gram, gram_matrix, per_objective_gradients
-from moopt.pytorch._graph import split_at_features
-from moopt.pytorch._precision import all_finite, working_precision
 from moopt.pytorch._types import BalancedStep, GramMode, LossesLike, NonFiniteError
 from moopt.validation import FloatArray
 
@@ -191,98 +184,12 @@ def balanced_backward(
     >>> step.names, step.weights.sum()
     (('a', 'b'), 1.0)
     """
-    names, tensors = checked_losses(losses)
-    param_list = checked_params(params)
-    check_gram_mode(gram_mode)
-    world = world_size(distributed)
-    values = loss_values(names, tensors, world)  # what the balancer sees: never scaled
-    tensors = [working_precision(t) for t in tensors]
-    scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
-    scale = 1.0
-    if scaler is not None:
-        tensors = [scaler.scale(t) for t in tensors]
-        scale = float(scaler.get_scale())
-    before = balancer.state_dict() if scaler is not None else None
-
-    def skip(gram: FloatArray | None) -> BalancedStep:
-        """Skip the step: the balancer as it was, ∞ in every ``.grad`` for the scaler to see."""
-        if before is not None:
-            balancer.load_state_dict(before)
-        for param in param_list:
-            accumulate(param, torch.full_like(param, math.inf))
-        return BalancedStep(np.full(len(tensors), np.nan), values, gram, names, skipped=True)
-
+    step = prepare_step(losses, balancer, params, gram_mode, retain_graph, distributed, grad_scaler)
     if not balancer.requires_gram:
-        weights = balancer.weights(values)
-        total = sum(
-            (loss * float(w) for loss, w in zip(tensors, weights, strict=True)),
-            start=torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device),
-        )
-        if world == 1 and scaler is None:
-            torch.autograd.backward(total, inputs=param_list, retain_graph=retain_graph)
-            return BalancedStep(weights, values, None, names)
-        local: list[torch.Tensor | None] = list(
-            torch.autograd.grad(total, param_list, retain_graph=retain_graph, allow_unused=True)
-        )
-        local = reduce_rows([local], world)[0]
-        if scaler is not None and not all_finite(local):
-            return skip(None)
-        accumulate_all(param_list, local)
-        return BalancedStep(weights, values, None, names)
-
+        return no_gram_backward(step)
     if features is None:
-        grads = per_objective_gradients(tensors, param_list, gram_mode, retain_graph)
-        grads = reduce_rows(grads, world)  # the Gram of the *global* gradients
-        gram = gram_matrix(grads, len(param_list)) / scale**2
-        if scaler is not None and not np.isfinite(gram).all():
-            return skip(gram)
-        check_gram(names, gram)
-        weights = balancer.weights(values, gram)
-        combined = [combine(grads, weights, j) for j in range(len(param_list))]
-        if scaler is not None and not all_finite(combined):
-            return skip(gram)
-        accumulate_all(param_list, combined)
-        return BalancedStep(weights, values, gram, names)
-
-    feature_list = checked_features(features)
-    trunk, heads = split_at_features(tensors, feature_list, param_list)
-    inputs = feature_list + heads
-    # the trunk is not traversed here, so its buffers survive for the final pass
-    grads = per_objective_gradients(tensors, inputs, gram_mode, retain_graph=True)
-    count = len(feature_list)
-    gram = gram_matrix([row[:count] for row in grads], count, disjoint_world=world) / scale**2
-    if scaler is not None and not np.isfinite(gram).all():
-        return skip(gram)
-    check_gram(names, gram)
-    weights = balancer.weights(values, gram)
-    head_grads = [combine(grads, weights, j) for j in range(count, len(inputs))]
-    feature_grads = [combine(grads, weights, j) for j in range(count)]
-    reached = [(f, g) for f, g in zip(feature_list, feature_grads, strict=True) if g is not None]
-    trunk_grads: list[torch.Tensor | None] = []
-    if trunk and reached:
-        if world == 1 and scaler is None:
-            torch.autograd.backward(
-                [f for f, _ in reached],
-                grad_tensors=[g for _, g in reached],
-                inputs=trunk,
-                retain_graph=retain_graph,
-            )
-        else:
-            trunk_grads = list(
-                torch.autograd.grad(
-                    [f for f, _ in reached],
-                    trunk,
-                    grad_outputs=[g for _, g in reached],
-                    retain_graph=retain_graph,
-                    allow_unused=True,
-                )
-            )
-    # heads (and, distributed, the trunk) averaged over the processes in one all-reduce
-    reduced = reduce_rows([head_grads + trunk_grads], world)[0]
-    if scaler is not None and not all_finite(reduced):
-        return skip(gram)
-    accumulate_all(heads + trunk[: len(trunk_grads)], reduced)
-    return BalancedStep(weights, values, gram, names)
+        return parameter_gram_backward(step)
+    return feature_gram_backward(step, checked_features(features))
 
 
 def update_balancer(

@@ -28,7 +28,7 @@ def working_precision(tensor: torch.Tensor) -> torch.Tensor:
     return scalar.float() if scalar.dtype in LOW_PRECISION else scalar
 
 
-def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Whether every present tensor is finite (one transfer to the host)."""
     flags = [torch.isfinite(t).all() for t in tensors if t is not None]
     return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
@@ -59,7 +59,7 @@ class LossScaling:
 
     def overflowed(self, grads: Iterable[torch.Tensor | None]) -> bool:
         """Whether, under a scaler, a gradient is inf/NaN: then the step is skipped."""
-        return self.scaler is not None and not all_finite(grads)
+        return self.scaler is not None and not _all_finite(grads)
 
     def gram_overflowed(self, gram: FloatArray) -> bool:
         """Whether, under a scaler, the Gram is inf/NaN: then the step is skipped."""

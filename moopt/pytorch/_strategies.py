@@ -1,9 +1,10 @@
 """The three ways from losses to ``.grad``, by whether and where the balancer needs a Gram.
 
 Each reads in order: (per-objective gradients → Gram →) weights → ``Σ_i w_i ∇L_i`` →
-``.grad``. With one process and no scaler, what needs no averaging or checking goes straight
-into ``.grad`` by ``torch.autograd.backward``; otherwise the gradients are returned by
-``torch.autograd.grad``, averaged over the processes, checked for overflow, then accumulated.
+``.grad``. A final pass (the weighted loss; in features mode, the trunk) writes ``.grad``
+directly with ``torch.autograd.backward`` when there is one process and no scaler; otherwise
+its gradients are averaged over the processes and checked for overflow before they are
+accumulated.
 """
 
 from __future__ import annotations

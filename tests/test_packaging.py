@@ -5,9 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
+
+import pytest
 
 import moopt
 import moopt_lic
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_public_names():
@@ -48,3 +53,19 @@ def test_typed_packages():
 
 def test_adapter_package_is_importable():
     assert moopt_lic.__doc__
+
+
+def test_every_package_is_distributed():
+    """The wheel holds every package of the source tree, subpackages such as moopt.pytorch too."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = pytest.importorskip("setuptools")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    distributed = set(setuptools.find_packages(str(ROOT), include=include))
+    in_tree = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("moopt", "moopt_lic")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert "moopt.pytorch" in in_tree
+    assert in_tree <= distributed, sorted(in_tree - distributed)

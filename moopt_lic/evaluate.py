@@ -31,9 +31,9 @@ import torch
 
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.data import ImageSet, image_to_tensor
+from moopt_lic.devices import resolve_device
 from moopt_lic.errors import InputError
 from moopt_lic.models import ModelSpec, model_from_checkpoint, read_checkpoint
-from moopt_lic.trainer import resolve_device
 
 __all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main", "summarize"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -53,11 +52,13 @@ from moopt_lic.data import (
     builtin_photos,
     image_to_tensor,
 )
+from moopt_lic.devices import resolve_device, use_deterministic_cuda  # re-exported for scripts
 from moopt_lic.distributed import Processes, agree, broadcast, fingerprint, setup, teardown
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
 from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.schedule import lr_factor
 from moopt_lic.targets import Target, TargetHistory, target_of
 
 __all__ = [
@@ -100,38 +101,6 @@ def build_balancer(config: TrainConfig) -> Balancer:
     base = build_base_balancer(config)
     target = target_of(config.target_bpp, config.target_psnr, config.lmbda)
     return base if target is None else TargetBalancer(base, target.targets())
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an input error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
-
-
-def _deterministic_cuda() -> None:
-    """Ask CUDA for deterministic kernels (cuDNN's weight gradients are not by default).
-
-    Bit-identical resume is tested on the CPU; on CUDA this makes it possible (ops without a
-    deterministic kernel warn instead of failing).
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _lr_factor(schedule: str, total: int) -> Any:
-    def factor(step: int) -> float:
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        if schedule == "step":
-            return 0.1 if step >= 0.9 * total else 1.0
-        return 1.0
-
-    return factor
 
 
 def _images(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -190,7 +159,7 @@ class Trainer:
         self.processes = processes or Processes()
         self.device = device or resolve_device(config.device)
         if self.device.type == "cuda":
-            _deterministic_cuda()
+            use_deterministic_cuda()
         if config.threads:
             torch.set_num_threads(config.threads)
         train_images, self.eval_images = _images(config)
@@ -212,7 +181,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.main_params, lr=config.lr)
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(config.lr_schedule, self.total_steps)
+            self.optimizer, lr_factor(config.lr_schedule, self.total_steps)
         )
         self.balancer = build_balancer(config)
         # float16 needs a loss scale; bfloat16 has float32's exponent range and does not

@@ -44,20 +44,14 @@ from moopt_lic.balancers import build_base_balancer
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
 from moopt_lic.codec import code_image, crop_padding, pad_image
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
-from moopt_lic.data import (
-    BUILTIN_EVAL_PHOTOS,
-    BUILTIN_TRAIN_PHOTOS,
-    CropDataset,
-    ImageSet,
-    builtin_photos,
-    image_to_tensor,
-)
+from moopt_lic.data import CropDataset, image_to_tensor
 from moopt_lic.devices import resolve_device, use_deterministic_cuda  # re-exported for scripts
 from moopt_lic.distributed import Processes, agree, broadcast, fingerprint, setup, teardown
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
-from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.objectives import CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.sampling import StepBatches, check_msssim_sizes, training_and_validation_images
 from moopt_lic.schedule import lr_factor
 from moopt_lic.targets import Target, TargetHistory, target_of
 
@@ -103,36 +97,6 @@ def build_balancer(config: TrainConfig) -> Balancer:
     return base if target is None else TargetBalancer(base, target.targets())
 
 
-def _images(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    """Return the training and the validation images."""
-    if config.dataset is None:
-        train_set = builtin_photos(BUILTIN_TRAIN_PHOTOS)
-        if config.eval_dataset is None:
-            return train_set, builtin_photos(BUILTIN_EVAL_PHOTOS)
-        return train_set, ImageSet.from_folder(config.eval_dataset)
-    images = ImageSet.from_folder(config.dataset)
-    if config.eval_dataset is not None:
-        return images, ImageSet.from_folder(config.eval_dataset)
-    if config.holdout < 1 or len(images) <= config.holdout:
-        raise InputError(
-            f"--dataset {config.dataset!r} has {len(images)} image(s): holding out "
-            f"--holdout {config.holdout} for validation leaves none to train on (or none to "
-            f"validate on); pass --eval-dataset DIR or change --holdout"
-        )
-    return images.split(config.holdout, config.seed)
-
-
-def _check_msssim_sizes(images: ImageSet) -> None:
-    for index in range(len(images)):
-        height, width = images[index].shape[:2]
-        if min(height, width) <= MSSSIM_MIN_SIDE:
-            raise InputError(
-                f"--metric ms-ssim: evaluation image {images.names[index]!r} is {width}×{height}; "
-                f"MS-SSIM's five scales need both sides > {MSSSIM_MIN_SIDE} (pass another "
-                f"--eval-dataset, or --holdout images that are large enough)"
-            )
-
-
 def _default_out(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model = config.model.replace(":", "-")  # a factory's package.module:factory
@@ -162,9 +126,9 @@ class Trainer:
             use_deterministic_cuda()
         if config.threads:
             torch.set_num_threads(config.threads)
-        train_images, self.eval_images = _images(config)
+        train_images, self.eval_images = training_and_validation_images(config)
         if config.metric == "ms-ssim":
-            _check_msssim_sizes(self.eval_images)
+            check_msssim_sizes(self.eval_images)
         self.data = CropDataset(train_images, config.patch_size, config.seed)
         self.total_steps = config.total_steps(self.data.epoch_size, self.processes.world)
         self.spec = config.model_spec
@@ -315,13 +279,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------- the loop
     def batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
-        """Yield this process's batches of the remaining steps.
+        """Yield this process's batches of the remaining steps, on the run's device.
 
-        Step ``s`` holds the global samples ``s·G … s·G + G − 1`` with ``G = N·B`` (N
-        processes, B per process); process ``r`` takes ``s·G + r·B … s·G + r·B + B − 1``.
-        One process with batch ``N·B`` sees exactly the samples of N processes with B.
+        Each batch is the crops and noise seeds of the samples that
+        [`StepBatches`][moopt_lic.sampling.StepBatches] gives this process for the step.
         """
-        sampler = _StepBatches(self.step, self.total_steps, self.config.batch_size, self.processes)
+        sampler = StepBatches(self.step, self.total_steps, self.config.batch_size, self.processes)
         loader = torch.utils.data.DataLoader(
             self.data, batch_sampler=sampler, num_workers=self.config.workers
         )
@@ -619,23 +582,6 @@ class Trainer:
             "psnr": float(np.mean([i["psnr"] for i in images])),
             "images": images,
         }
-
-
-class _StepBatches(torch.utils.data.Sampler[list[int]]):
-    """The sample numbers of this process for steps ``first … last − 1``, made lazily."""
-
-    def __init__(self, first: int, last: int, size: int, processes: Processes) -> None:
-        self.first, self.last, self.size, self.processes = first, last, size, processes
-
-    def __len__(self) -> int:
-        return self.last - self.first
-
-    def __iter__(self) -> Iterator[list[int]]:
-        step_size = self.size * self.processes.world
-        offset = self.processes.rank * self.size
-        for step in range(self.first, self.last):
-            start = step * step_size + offset
-            yield list(range(start, start + self.size))
 
 
 class _Writer:

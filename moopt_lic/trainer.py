@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from moopt import (
@@ -52,6 +51,7 @@ from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoi
 from moopt_lic.noise import per_sample_noise
 from moopt_lic.objectives import CodecBatch, mse_to_psnr, rd_objectives
 from moopt_lic.sampling import StepBatches, check_msssim_sizes, training_and_validation_images
+from moopt_lic.scalars import ScalarWriter
 from moopt_lic.schedule import lr_factor
 from moopt_lic.targets import Target, TargetHistory, target_of
 
@@ -297,7 +297,7 @@ class Trainer:
         main = self.processes.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(self.out / "tensorboard", self.step, enabled=main)
+        writer = ScalarWriter(self.out / "tensorboard", self.step, enabled=main)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -415,7 +415,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- validation
     @torch.no_grad()
-    def _validate(self, writer: _Writer) -> dict[str, float]:
+    def _validate(self, writer: ScalarWriter) -> dict[str, float]:
         """Likelihood-estimated rate, PSNR and R-D loss on the evaluation images."""
         self.model.eval()
         totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": [], "distortion": []}
@@ -582,23 +582,6 @@ class Trainer:
             "psnr": float(np.mean([i["psnr"] for i in images])),
             "images": images,
         }
-
-
-class _Writer:
-    """TensorBoard scalars, written by the main process only (a no-op elsewhere)."""
-
-    def __init__(self, folder: Path, step: int, enabled: bool) -> None:
-        # a resumed run drops the events logged after its checkpoint (step) and logs them again
-        purge = step + 1 if step else None
-        self._writer = SummaryWriter(str(folder), purge_step=purge) if enabled else None
-
-    def add_scalar(self, name: str, value: float, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
 
 
 def _better(candidate: dict[str, float], best: dict[str, float], target: Target | None) -> bool:

@@ -41,7 +41,7 @@ from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, updat
 from moopt_lic.amp import autocast
 from moopt_lic.balancers import build_base_balancer
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
-from moopt_lic.codec import code_image, crop_padding, pad_image
+from moopt_lic.codec import code_images, forward_padded, summarize
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
 from moopt_lic.data import CropDataset, image_to_tensor
 from moopt_lic.devices import resolve_device, use_deterministic_cuda  # re-exported for scripts
@@ -421,9 +421,7 @@ class Trainer:
         totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": [], "distortion": []}
         for index in range(len(self.eval_images)):
             x = image_to_tensor(self.eval_images[index]).to(self.device)
-            padded, padding = pad_image(x, self.spec.downsampling)
-            output = self.model(padded)
-            output["x_hat"] = crop_padding(output["x_hat"], padding).clamp(0, 1)
+            output = forward_padded(self.model, x, self.spec.downsampling)
             batch = CodecBatch(x, output)
             rate = float(self.rate(batch))  # bits of the padded image / original pixels
             distortion = float(self.distortion(batch))
@@ -565,22 +563,21 @@ class Trainer:
         # the decoder's float rounding may differ, which corrupts autoregressive models
         model = copy.deepcopy(self.model).cpu().eval()
         model.update(force=True)  # type: ignore[operator]
-        images = []
-        for index in range(len(self.eval_images)):
-            x = image_to_tensor(self.eval_images[index])
-            coded = code_image(model, x, self.spec.downsampling)
-            images.append(
-                {
-                    "name": self.eval_images.names[index],
-                    "bpp": coded.bpp,
-                    "psnr": coded.psnr,
-                    "ms_ssim": coded.ms_ssim,
-                }
-            )
+        rows = code_images(model, self.eval_images, self.spec.downsampling, torch.device("cpu"))
+        means, _ = summarize(rows)
         return {
-            "bpp": float(np.mean([i["bpp"] for i in images])),
-            "psnr": float(np.mean([i["psnr"] for i in images])),
-            "images": images,
+            "bpp": means["bpp"],
+            "psnr": means["psnr-rgb"],
+            # NaN, not None, for an image too small for MS-SSIM: metrics.json's own convention
+            "images": [
+                {
+                    "name": row.image,
+                    "bpp": row.bpp,
+                    "psnr": row.psnr,
+                    "ms_ssim": math.nan if row.ms_ssim is None else row.ms_ssim,
+                }
+                for row in rows
+            ],
         }
 
 

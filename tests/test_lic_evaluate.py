@@ -95,9 +95,9 @@ def test_a_nan_decode_of_one_image_fails_the_check(checkpoints, test_images, mon
     """
     import dataclasses
 
-    import moopt_lic.evaluate as evaluate_module
+    import moopt_lic.codec as codec_module
 
-    real = evaluate_module.code_image
+    real = codec_module.code_image
     calls = []
 
     def broken_second_image(model, x, multiple):
@@ -109,7 +109,7 @@ def test_a_nan_decode_of_one_image_fails_the_check(checkpoints, test_images, mon
             coded = dataclasses.replace(coded, x_hat=x_hat)
         return coded
 
-    monkeypatch.setattr(evaluate_module, "code_image", broken_second_image)
+    monkeypatch.setattr(codec_module, "code_image", broken_second_image)
     report = evaluate(checkpoints[:1], test_images, per_image=True)
     check = report["decode_check"][0]
     assert not check["ok"] and math.isinf(check["max_abs_difference"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,3 +163,9 @@ def test_errors_are_one_line(checkpoints, test_images, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_evaluating_does_not_load_the_trainer():
+    """The evaluate command needs no training code: neither it nor the package imports it."""
+    code = "import sys, moopt_lic.evaluate\nassert 'moopt_lic.trainer' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)

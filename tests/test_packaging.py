@@ -48,3 +48,11 @@ def test_typed_packages():
 
 def test_adapter_package_is_importable():
     assert moopt_lic.__doc__
+
+
+def test_adapter_public_names():
+    """Every name of moopt_lic.__all__ resolves, the trainer's too, which load on first use."""
+    for name in moopt_lic.__all__:
+        assert getattr(moopt_lic, name).__doc__, f"moopt_lic.{name} has no docstring"
+    from moopt_lic import TrainingDiverged, TrainResult, train  # noqa: F401
+    from moopt_lic.trainer import resolve_device  # noqa: F401

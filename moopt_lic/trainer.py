@@ -10,6 +10,13 @@ x, noise seeds ──► model(x) ──► {rate, distortion}            (moopt
                ──► aux_loss step of the entropy bottleneck     (never balanced)
 ```
 
+Around the step, a [`Trainer`][moopt_lic.trainer.Trainer] sets the run up (its images and
+per-step samples from [`moopt_lic.sampling`][moopt_lic.sampling], its learning-rate schedule
+from [`moopt_lic.schedule`][moopt_lic.schedule]), loops over the steps, validates, writes
+checkpoints, and finishes with real entropy coding of the evaluation images
+([`code_images`][moopt_lic.codec.code_images]) and ``metrics.json``;
+[`train`][moopt_lic.trainer.train] starts or resumes one.
+
 Checkpoints hold everything the next step depends on (model, both optimizers, scheduler,
 balancer, RNGs, step); the data and the noise are functions of ``(seed, sample number)``, so
 a resumed run continues bit for bit.

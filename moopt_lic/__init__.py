@@ -9,6 +9,7 @@
 """
 
 import warnings
+from typing import TYPE_CHECKING, Any
 
 # CompressAI 1.2.8 calls torch.jit.script at import time, which torch ≥ 2.10 deprecates
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
@@ -17,7 +18,9 @@ from moopt_lic.config import TrainConfig  # noqa: E402
 from moopt_lic.errors import InputError  # noqa: E402
 from moopt_lic.models import ModelSpec, load_model  # noqa: E402
 from moopt_lic.objectives import CodecBatch, Distortion, Rate  # noqa: E402
-from moopt_lic.trainer import TrainingDiverged, TrainResult, train  # noqa: E402
+
+if TYPE_CHECKING:
+    from moopt_lic.trainer import TrainingDiverged, TrainResult, train
 
 __all__ = [
     "CodecBatch",
@@ -31,3 +34,21 @@ __all__ = [
     "load_model",
     "train",
 ]
+
+# The trainer (TensorBoard, tqdm, the balancing glue) is imported on first use of one of its
+# names, so that evaluating and comparing checkpoints never load it.
+_TRAINER_NAMES = frozenset({"TrainResult", "TrainingDiverged", "train"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINER_NAMES:
+        from moopt_lic import trainer
+
+        value = getattr(trainer, name)
+        globals()[name] = value  # later lookups find it without coming here
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from moopt_lic.codec import code_image, crop_padding, pad_image
-from moopt_lic.data import ImageSet, image_to_tensor
+from moopt_lic.codec import MEANS, ImageResult, code_images, summarize
+from moopt_lic.codec import decode_mismatch as decode_mismatch  # importable from here too
+from moopt_lic.data import ImageSet
+from moopt_lic.devices import resolve_device
 from moopt_lic.errors import InputError
 from moopt_lic.models import ModelSpec, model_from_checkpoint, read_checkpoint
-from moopt_lic.trainer import resolve_device
 
 __all__ = ["ImageResult", "evaluate", "evaluate_checkpoint", "main", "summarize"]
 
@@ -41,84 +40,28 @@ DEFAULT_TOLERANCE = 1e-3
 """Largest accepted |decoded − forward reconstruction| per pixel (images in [0, 1])."""
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """One image coded by one checkpoint."""
-
-    image: str
-    bpp: float
-    psnr: float
-    ms_ssim: float | None  # None for images too small for five MS-SSIM scales
-    encoding_time: float
-    decoding_time: float
-    decode_mismatch: float  # max |decoded − forward reconstruction|, ∞ for NaN/∞ pixels
-
-
-def decode_mismatch(decoded: torch.Tensor, forward: torch.Tensor) -> float:
-    """Max |decoded − forward|; ∞ when either holds NaN or ∞ (a broken decode is a mismatch)."""
-    if not (torch.isfinite(decoded).all() and torch.isfinite(forward).all()):
-        return math.inf
-    return float((decoded - forward).abs().max())
-
-
 def evaluate_checkpoint(
     path: str | Path, images: ImageSet, device: torch.device
 ) -> list[ImageResult]:
-    """Code every image of ``images`` with the codec in checkpoint ``path``."""
+    """Code every image of ``images`` with the codec in checkpoint ``path``.
+
+    Returns
+    -------
+    list of ImageResult
+        A row per image, in order, as [`code_images`][moopt_lic.codec.code_images] makes them.
+
+    Raises
+    ------
+    InputError
+        For a missing or unreadable checkpoint, or weights that do not fit its model.
+    """
     checkpoint = read_checkpoint(path)  # read once: the model and its padding multiple
     try:
         model = model_from_checkpoint(checkpoint, device)
         multiple = ModelSpec.from_dict(checkpoint["model_spec"]).downsampling
     except InputError as error:
         raise InputError(f"checkpoint {str(path)!r}: {error}") from None
-    results = []
-    with torch.no_grad():
-        for index in range(len(images)):
-            x = image_to_tensor(images[index]).to(device)
-            coded = code_image(model, x, multiple)
-            padded, padding = pad_image(x, multiple)
-            forward = crop_padding(model(padded)["x_hat"], padding).clamp(0, 1)
-            results.append(
-                ImageResult(
-                    image=images.names[index],
-                    bpp=coded.bpp,
-                    psnr=coded.psnr,
-                    ms_ssim=None if math.isnan(coded.ms_ssim) else coded.ms_ssim,
-                    encoding_time=coded.encoding_time,
-                    decoding_time=coded.decoding_time,
-                    decode_mismatch=decode_mismatch(coded.x_hat, forward),
-                )
-            )
-    return results
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
-
-
-MEANS = {
-    "psnr-rgb": "psnr",
-    "ms-ssim-rgb": "ms_ssim",
-    "bpp": "bpp",
-    "encoding_time": "encoding_time",
-    "decoding_time": "decoding_time",
-}
-"""The per-checkpoint means of CompressAI's ``eval_model`` JSON, from ``ImageResult`` fields."""
-
-
-def summarize(rows: Sequence[ImageResult]) -> tuple[dict[str, float | None], ImageResult]:
-    """Summarize one checkpoint's per-image results.
-
-    Returns
-    -------
-    tuple
-        The means over the images (keys of [`MEANS`][moopt_lic.evaluate.MEANS]; None where no image
-        has the value) and the row whose decoded pixels differ most from the forward pass (the
-        decode check's worst case).
-    """
-    means = {key: _mean([getattr(r, field) for r in rows]) for key, field in MEANS.items()}
-    return means, max(rows, key=lambda r: r.decode_mismatch)
+    return code_images(model, images, multiple, device)
 
 
 def evaluate(

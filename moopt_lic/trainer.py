@@ -10,6 +10,13 @@ x, noise seeds ──► model(x) ──► {rate, distortion}            (moopt
                ──► aux_loss step of the entropy bottleneck     (never balanced)
 ```
 
+Around the step, a [`Trainer`][moopt_lic.trainer.Trainer] sets the run up (its images and
+per-step samples from [`moopt_lic.sampling`][moopt_lic.sampling], its learning-rate schedule
+from [`moopt_lic.schedule`][moopt_lic.schedule]), loops over the steps, validates, writes
+checkpoints, and finishes with real entropy coding of the evaluation images
+([`code_images`][moopt_lic.codec.code_images]) and ``metrics.json``;
+[`train`][moopt_lic.trainer.train] starts or resumes one.
+
 Checkpoints hold everything the next step depends on (model, both optimizers, scheduler,
 balancer, RNGs, step); the data and the noise are functions of ``(seed, sample number)``, so
 a resumed run continues bit for bit.
@@ -20,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -32,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from moopt import (
@@ -43,21 +48,18 @@ from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, updat
 from moopt_lic.amp import autocast
 from moopt_lic.balancers import build_base_balancer
 from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
-from moopt_lic.codec import code_image, crop_padding, pad_image
+from moopt_lic.codec import code_images, forward_padded, summarize
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
-from moopt_lic.data import (
-    BUILTIN_EVAL_PHOTOS,
-    BUILTIN_TRAIN_PHOTOS,
-    CropDataset,
-    ImageSet,
-    builtin_photos,
-    image_to_tensor,
-)
+from moopt_lic.data import CropDataset, image_to_tensor
+from moopt_lic.devices import resolve_device, use_deterministic_cuda  # re-exported for scripts
 from moopt_lic.distributed import Processes, agree, broadcast, fingerprint, setup, teardown
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
-from moopt_lic.objectives import MSSSIM_MIN_SIDE, CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.objectives import CodecBatch, mse_to_psnr, rd_objectives
+from moopt_lic.sampling import StepBatches, check_msssim_sizes, training_and_validation_images
+from moopt_lic.scalars import ScalarWriter
+from moopt_lic.schedule import lr_factor
 from moopt_lic.targets import Target, TargetHistory, target_of
 
 __all__ = [
@@ -102,68 +104,6 @@ def build_balancer(config: TrainConfig) -> Balancer:
     return base if target is None else TargetBalancer(base, target.targets())
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an input error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
-
-
-def _deterministic_cuda() -> None:
-    """Ask CUDA for deterministic kernels (cuDNN's weight gradients are not by default).
-
-    Bit-identical resume is tested on the CPU; on CUDA this makes it possible (ops without a
-    deterministic kernel warn instead of failing).
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _lr_factor(schedule: str, total: int) -> Any:
-    def factor(step: int) -> float:
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        if schedule == "step":
-            return 0.1 if step >= 0.9 * total else 1.0
-        return 1.0
-
-    return factor
-
-
-def _images(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    """Return the training and the validation images."""
-    if config.dataset is None:
-        train_set = builtin_photos(BUILTIN_TRAIN_PHOTOS)
-        if config.eval_dataset is None:
-            return train_set, builtin_photos(BUILTIN_EVAL_PHOTOS)
-        return train_set, ImageSet.from_folder(config.eval_dataset)
-    images = ImageSet.from_folder(config.dataset)
-    if config.eval_dataset is not None:
-        return images, ImageSet.from_folder(config.eval_dataset)
-    if config.holdout < 1 or len(images) <= config.holdout:
-        raise InputError(
-            f"--dataset {config.dataset!r} has {len(images)} image(s): holding out "
-            f"--holdout {config.holdout} for validation leaves none to train on (or none to "
-            f"validate on); pass --eval-dataset DIR or change --holdout"
-        )
-    return images.split(config.holdout, config.seed)
-
-
-def _check_msssim_sizes(images: ImageSet) -> None:
-    for index in range(len(images)):
-        height, width = images[index].shape[:2]
-        if min(height, width) <= MSSSIM_MIN_SIDE:
-            raise InputError(
-                f"--metric ms-ssim: evaluation image {images.names[index]!r} is {width}×{height}; "
-                f"MS-SSIM's five scales need both sides > {MSSSIM_MIN_SIDE} (pass another "
-                f"--eval-dataset, or --holdout images that are large enough)"
-            )
-
-
 def _default_out(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     model = config.model.replace(":", "-")  # a factory's package.module:factory
@@ -190,12 +130,12 @@ class Trainer:
         self.processes = processes or Processes()
         self.device = device or resolve_device(config.device)
         if self.device.type == "cuda":
-            _deterministic_cuda()
+            use_deterministic_cuda()
         if config.threads:
             torch.set_num_threads(config.threads)
-        train_images, self.eval_images = _images(config)
+        train_images, self.eval_images = training_and_validation_images(config)
         if config.metric == "ms-ssim":
-            _check_msssim_sizes(self.eval_images)
+            check_msssim_sizes(self.eval_images)
         self.data = CropDataset(train_images, config.patch_size, config.seed)
         self.total_steps = config.total_steps(self.data.epoch_size, self.processes.world)
         self.spec = config.model_spec
@@ -212,7 +152,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.main_params, lr=config.lr)
         self.aux_optimizer = torch.optim.Adam(aux_params, lr=config.aux_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(config.lr_schedule, self.total_steps)
+            self.optimizer, lr_factor(config.lr_schedule, self.total_steps)
         )
         self.balancer = build_balancer(config)
         # float16 needs a loss scale; bfloat16 has float32's exponent range and does not
@@ -346,13 +286,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------- the loop
     def batches(self) -> Iterator[tuple[torch.Tensor, list[int]]]:
-        """Yield this process's batches of the remaining steps.
+        """Yield this process's batches of the remaining steps, on the run's device.
 
-        Step ``s`` holds the global samples ``s·G … s·G + G − 1`` with ``G = N·B`` (N
-        processes, B per process); process ``r`` takes ``s·G + r·B … s·G + r·B + B − 1``.
-        One process with batch ``N·B`` sees exactly the samples of N processes with B.
+        Each batch is the crops and noise seeds of the samples that
+        [`StepBatches`][moopt_lic.sampling.StepBatches] gives this process for the step.
         """
-        sampler = _StepBatches(self.step, self.total_steps, self.config.batch_size, self.processes)
+        sampler = StepBatches(self.step, self.total_steps, self.config.batch_size, self.processes)
         loader = torch.utils.data.DataLoader(
             self.data, batch_sampler=sampler, num_workers=self.config.workers
         )
@@ -365,7 +304,7 @@ class Trainer:
         main = self.processes.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(self.out / "tensorboard", self.step, enabled=main)
+        writer = ScalarWriter(self.out / "tensorboard", self.step, enabled=main)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -483,15 +422,13 @@ class Trainer:
 
     # -------------------------------------------------------------------- validation
     @torch.no_grad()
-    def _validate(self, writer: _Writer) -> dict[str, float]:
+    def _validate(self, writer: ScalarWriter) -> dict[str, float]:
         """Likelihood-estimated rate, PSNR and R-D loss on the evaluation images."""
         self.model.eval()
         totals: dict[str, list[float]] = {"bpp": [], "psnr": [], "loss": [], "distortion": []}
         for index in range(len(self.eval_images)):
             x = image_to_tensor(self.eval_images[index]).to(self.device)
-            padded, padding = pad_image(x, self.spec.downsampling)
-            output = self.model(padded)
-            output["x_hat"] = crop_padding(output["x_hat"], padding).clamp(0, 1)
+            output = forward_padded(self.model, x, self.spec.downsampling)
             batch = CodecBatch(x, output)
             rate = float(self.rate(batch))  # bits of the padded image / original pixels
             distortion = float(self.distortion(batch))
@@ -633,57 +570,22 @@ class Trainer:
         # the decoder's float rounding may differ, which corrupts autoregressive models
         model = copy.deepcopy(self.model).cpu().eval()
         model.update(force=True)  # type: ignore[operator]
-        images = []
-        for index in range(len(self.eval_images)):
-            x = image_to_tensor(self.eval_images[index])
-            coded = code_image(model, x, self.spec.downsampling)
-            images.append(
-                {
-                    "name": self.eval_images.names[index],
-                    "bpp": coded.bpp,
-                    "psnr": coded.psnr,
-                    "ms_ssim": coded.ms_ssim,
-                }
-            )
+        rows = code_images(model, self.eval_images, self.spec.downsampling, torch.device("cpu"))
+        means, _ = summarize(rows)
         return {
-            "bpp": float(np.mean([i["bpp"] for i in images])),
-            "psnr": float(np.mean([i["psnr"] for i in images])),
-            "images": images,
+            "bpp": means["bpp"],
+            "psnr": means["psnr-rgb"],
+            # NaN, not None, for an image too small for MS-SSIM: metrics.json's own convention
+            "images": [
+                {
+                    "name": row.image,
+                    "bpp": row.bpp,
+                    "psnr": row.psnr,
+                    "ms_ssim": math.nan if row.ms_ssim is None else row.ms_ssim,
+                }
+                for row in rows
+            ],
         }
-
-
-class _StepBatches(torch.utils.data.Sampler[list[int]]):
-    """The sample numbers of this process for steps ``first … last − 1``, made lazily."""
-
-    def __init__(self, first: int, last: int, size: int, processes: Processes) -> None:
-        self.first, self.last, self.size, self.processes = first, last, size, processes
-
-    def __len__(self) -> int:
-        return self.last - self.first
-
-    def __iter__(self) -> Iterator[list[int]]:
-        step_size = self.size * self.processes.world
-        offset = self.processes.rank * self.size
-        for step in range(self.first, self.last):
-            start = step * step_size + offset
-            yield list(range(start, start + self.size))
-
-
-class _Writer:
-    """TensorBoard scalars, written by the main process only (a no-op elsewhere)."""
-
-    def __init__(self, folder: Path, step: int, enabled: bool) -> None:
-        # a resumed run drops the events logged after its checkpoint (step) and logs them again
-        purge = step + 1 if step else None
-        self._writer = SummaryWriter(str(folder), purge_step=purge) if enabled else None
-
-    def add_scalar(self, name: str, value: float, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
 
 
 def _better(candidate: dict[str, float], best: dict[str, float], target: Target | None) -> bool:

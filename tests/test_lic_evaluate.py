@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -95,9 +97,9 @@ def test_a_nan_decode_of_one_image_fails_the_check(checkpoints, test_images, mon
     """
     import dataclasses
 
-    import moopt_lic.evaluate as evaluate_module
+    import moopt_lic.codec as codec_module
 
-    real = evaluate_module.code_image
+    real = codec_module.code_image
     calls = []
 
     def broken_second_image(model, x, multiple):
@@ -109,7 +111,7 @@ def test_a_nan_decode_of_one_image_fails_the_check(checkpoints, test_images, mon
             coded = dataclasses.replace(coded, x_hat=x_hat)
         return coded
 
-    monkeypatch.setattr(evaluate_module, "code_image", broken_second_image)
+    monkeypatch.setattr(codec_module, "code_image", broken_second_image)
     report = evaluate(checkpoints[:1], test_images, per_image=True)
     check = report["decode_check"][0]
     assert not check["ok"] and math.isinf(check["max_abs_difference"])
@@ -161,3 +163,9 @@ def test_errors_are_one_line(checkpoints, test_images, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_evaluating_does_not_load_the_trainer():
+    """The evaluate command needs no training code: neither it nor the package imports it."""
+    code = "import sys, moopt_lic.evaluate\nassert 'moopt_lic.trainer' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -69,3 +69,11 @@ def test_every_package_is_distributed():
     }
     assert "moopt.pytorch" in in_tree
     assert in_tree <= distributed, sorted(in_tree - distributed)
+
+
+def test_adapter_public_names():
+    """Every name of moopt_lic.__all__ resolves, the trainer's too, which load on first use."""
+    for name in moopt_lic.__all__:
+        assert getattr(moopt_lic, name).__doc__, f"moopt_lic.{name} has no docstring"
+    from moopt_lic import TrainingDiverged, TrainResult, train  # noqa: F401
+    from moopt_lic.trainer import resolve_device  # noqa: F401

@@ -94,3 +94,36 @@ def test_calibration_matches_the_anchor_protocol(args):
         k for k in anchor.keys() | calibration.keys() if anchor.get(k) != calibration.get(k)
     }
     assert differing == {"out", "features"} or differing == {"out"}
+
+
+def _coded(args, arm, seed, shift_db):
+    """A coded run at every λ: PSNR = 30 + 6·log2(bpp / 0.1) + shift."""
+    import math
+
+    from converged_rd import LAMBDAS
+
+    for index, lmbda in enumerate(LAMBDAS):
+        folder = args.out / Run(arm, lmbda, seed).name
+        folder.mkdir(parents=True)
+        bpp = 0.1 * 2**index
+        psnr = 30 + 6 * math.log2(bpp / 0.1) + shift_db
+        (folder / "evaluation.json").write_text(json.dumps({"bpp": bpp, "psnr": psnr}))
+
+
+def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
+    from converged_rd import arm_table, noise_floor
+
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", "eq-qp"]
+    for seed, shift in ((0, 0.0), (1, 0.05)):
+        _coded(args, "ws", seed, shift)
+        _coded(args, "ws+", seed, shift + 0.2)
+        _coded(args, "eq-qp", seed, shift + 0.2 + (0.3 if seed else 0.1))
+    lines = noise_floor(args)
+    assert "| ws | 1 vs 0 | +0.050 (4 points) |" in lines[2]
+    # 0.05 dB at 6 dB per doubling of rate is 2^(-0.05/6) − 1 = −0.58 % of rate
+    assert lines[-1] == (
+        "Noise floor: |Δ PSNR| ≤ 0.050 dB, |BD-rate| ≤ 0.58 % (target ≤ 0.1 dB and ≤ 1.0 %: "
+        "reached)."
+    )
+    row = next(line for line in arm_table(args) if line.startswith("| eq-qp |"))
+    assert row.startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")

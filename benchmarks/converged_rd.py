@@ -7,9 +7,11 @@ Protocol (every choice is a constant below):
   batch 8; Adam lr 1e-3 with cosine decay to 0, aux Adam 1e-3, gradient-norm clip 1.0.
 * calibration (``--stage calibrate``): the weighted sum at λ = 0.0035, seed 0, trained for
   ``CALIBRATION_STEPS`` steps, each run with its own full cosine schedule; a codec is
-  converged when the last doubling of steps gained less than 0.1 dB of validation PSNR
-  (with the rate within 2 %, so the gain does not hide in the rate). The smallest converged
-  length is ``SCRATCH_STEPS``: ``benchmarks/results/converged_rd_calibration.md``.
+  converged when the last doubling of steps gained less than 0.1 dB of validation PSNR at
+  equal rate (the doubling's saving of R-D cost J = R + λ·255²·MSE, counted in dB of
+  distortion: runs of different lengths land at different rates, so PSNR alone misleads).
+  The smallest converged length is ``SCRATCH_STEPS``:
+  ``benchmarks/results/converged_rd_calibration.md``.
 * anchors ``ws``: the weighted sum from scratch for ``SCRATCH_STEPS`` at 4 λ (``LAMBDAS``,
   chosen from the calibration's validation rate to span about 0.1–0.8 bpp) and 3 seeds,
   **paired**: a seed fixes the initial weights, the data order, the crops and the
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tarfile
@@ -81,10 +84,8 @@ CODECS = {
 CODEC = "N32-M48"
 CALIBRATION_LAMBDA = 0.0035
 CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000)
-#: Converged: the last doubling gained less than this validation PSNR (dB) ...
+#: Converged: the last doubling of steps gained less than this (dB of PSNR at equal rate).
 CONVERGED_GAIN_DB = 0.1
-#: ... and moved the validation rate by less than this share.
-CONVERGED_RATE_SHARE = 0.02
 #: The seed-to-seed spread below which a comparison can tell a 2 % effect.
 NOISE_TARGET_DB = 0.1
 NOISE_TARGET_PERCENT = 1.0
@@ -203,40 +204,56 @@ def calibrate(args: argparse.Namespace) -> None:
                   "--stage calibrate")  # fmt: skip
 
 
+def rd_cost(bpp: float, psnr: float) -> tuple[float, float]:
+    """(J, D) at the calibration λ: J = R + D with D = λ·255²·MSE, MSE from the PSNR."""
+    distortion = CALIBRATION_LAMBDA * 255**2 * 10 ** (-psnr / 10)
+    return bpp + distortion, distortion
+
+
+def equal_rate_gain(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The PSNR gain at equal rate (dB) worth as much R-D cost as ``before`` → ``after``
+    ((bpp, PSNR) each) saved: the weighted sum's own measure of progress, which counts a
+    gain in rate as well as one in PSNR."""
+    cost_before, distortion_before = rd_cost(*before)
+    cost_after, _ = rd_cost(*after)
+    share = (cost_before - cost_after) / distortion_before
+    return -10 * math.log10(1 - share) if share < 1 else math.inf
+
+
 def calibration_report(codec: str, args: argparse.Namespace) -> str:
-    """Validation PSNR and rate at the end of each calibration length, and the verdict."""
+    """Validation rate, PSNR and R-D cost at the end of each calibration length, the gain of
+    each doubling, and the verdict."""
     lines = [
         f"**{codec}** ({CODECS[codec]}): weighted sum, λ = {CALIBRATION_LAMBDA}, seed 0; each "
         "length with its own cosine schedule to 0; validation: 4 held-out training photos "
-        "(likelihood rate).",
+        "(likelihood rate). J = R + λ·255²·MSE; the gain of a doubling is the PSNR gain at "
+        "equal rate that would lower J as much.",
         "",
-        "| steps | validation bpp | validation PSNR (dB) | gain over half the steps (dB) | "
-        "rate change | train s |",
-        "|---|---|---|---|---|---|",
+        "| steps | validation bpp | validation PSNR (dB) | J | PSNR gain over half the "
+        "steps (dB) | gain at equal rate (dB) | train s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    finished: dict[int, tuple[float, float, float]] = {}
+    finished: dict[int, tuple[float, float]] = {}
+    converged = []
     for steps in CALIBRATION_STEPS:
         folder = calibration_folder(codec, steps, args)
         if not (folder / "metrics.json").exists():
-            lines.append(f"| {steps} | not finished | | | | |")
+            lines.append(f"| {steps} | not finished | | | | | |")
             continue
-        bpp, psnr = scalars(folder, "val/bpp")[-1][1], scalars(folder, "val/psnr")[-1][1]
-        seconds = _metrics(folder)["train_seconds"]
-        finished[steps] = (bpp, psnr, seconds)
+        point = finished[steps] = (scalars(folder, "val/bpp")[-1][1],
+                                   scalars(folder, "val/psnr")[-1][1])  # fmt: skip
         half = finished.get(steps // 2)
-        gain = f"{psnr - half[1]:+.2f}" if half else "–"
-        change = f"{bpp / half[0] - 1:+.1%}" if half else "–"
-        lines.append(f"| {steps} | {bpp:.4f} | {psnr:.2f} | {gain} | {change} | {seconds:.0f} |")
-    converged = [
-        steps
-        for steps, (bpp, psnr, _) in finished.items()
-        if (half := finished.get(steps // 2))
-        and psnr - half[1] < CONVERGED_GAIN_DB
-        and abs(bpp / half[0] - 1) < CONVERGED_RATE_SHARE
-    ]
+        gain = equal_rate_gain(half, point) if half else math.nan
+        if gain < CONVERGED_GAIN_DB:
+            converged.append(steps)
+        lines.append(
+            f"| {steps} | {point[0]:.4f} | {point[1]:.2f} | {rd_cost(*point)[0]:.4f} | "
+            + (f"{point[1] - half[1]:+.2f} | {gain:+.2f}" if half else "– | –")
+            + f" | {_metrics(folder)['train_seconds']:.0f} |"
+        )
     verdict = (
-        f"converged at {min(converged)} steps (the doubling from {min(converged) // 2} gained "
-        f"< {CONVERGED_GAIN_DB} dB, rate within {CONVERGED_RATE_SHARE:.0%})"
+        f"converged at {converged[0]} steps (the doubling from {converged[0] // 2} gained "
+        f"< {CONVERGED_GAIN_DB} dB at equal rate)"
         if converged
         else "not converged at any finished length"
     )

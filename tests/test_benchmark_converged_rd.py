@@ -3,6 +3,7 @@ what each run is configured with."""
 
 import argparse
 import json
+import math
 
 import pytest
 from converged_rd import (
@@ -47,14 +48,26 @@ def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):
     for steps, psnr in ((2000, 25.0), (4000, 27.0), (8000, 27.5), (16000, 27.58)):
         _finished(calibration_folder(CODEC, steps, args), 0.30, psnr)
     text = calibration_report(CODEC, args)
-    assert "| 16000 | 0.3000 | 27.58 | +0.08 | +0.0% |" in text
+    assert "| 16000 | 0.3000 | 27.58 |" in text and "| +0.08 | +0.08 |" in text  # equal rate
     assert "converged at 16000 steps (the doubling from 8000" in text
 
 
-def test_a_gain_hidden_in_the_rate_is_not_convergence(args):
-    for steps, bpp in ((8000, 0.30), (16000, 0.27)):  # 10 % less rate at the same PSNR
+def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):
+    """At the same PSNR, a doubling that saves rate is progress: the gain is the PSNR at
+    equal rate that the lower R-D cost is worth."""
+    from converged_rd import equal_rate_gain, rd_cost
+
+    for steps, bpp in ((8000, 0.30), (16000, 0.27)):
         _finished(calibration_folder(CODEC, steps, args), bpp, 27.5)
     assert "not converged at any finished length" in calibration_report(CODEC, args)
+    _, distortion = rd_cost(0.30, 27.5)
+    assert equal_rate_gain((0.30, 27.5), (0.27, 27.5)) == pytest.approx(
+        -10 * math.log10(1 - 0.03 / distortion)
+    )
+    # a pure PSNR gain at equal rate is counted as itself
+    assert equal_rate_gain((0.3, 27.5), (0.3, 27.6)) == pytest.approx(0.1)
+    # a higher rate for a little PSNR is a loss
+    assert equal_rate_gain((0.27, 31.4), (0.47, 30.9)) < 0
 
 
 def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):

@@ -198,10 +198,15 @@ def calibrate(args: argparse.Namespace) -> None:
             tasks.append(Task(f"calibrate-{codec}-{steps}", train_to_end, (values,),
                               done=folder_done(Path(values["out"]))))  # fmt: skip
     run_tasks(tasks, args.jobs, args.minutes)
+    write_calibration(args)
+
+
+def write_calibration(args: argparse.Namespace) -> None:
+    """``benchmarks/results/converged_rd_calibration.md``: every codec's table."""
     text = "\n\n".join(calibration_report(codec, args) for codec in CODECS)
     print(text)
     write_results("converged_rd_calibration", text, "python benchmarks/converged_rd.py "
-                  "--stage calibrate")  # fmt: skip
+                  "--stage calibrate --codecs " + " ".join(CODECS))  # fmt: skip
 
 
 def rd_cost(bpp: float, psnr: float) -> tuple[float, float]:
@@ -443,9 +448,11 @@ def pack(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="all", choices=("calibrate", "all", "report"),
-                        help="calibrate: the convergence runs and their table; all: train, "
-                        "code and report; report: the tables of what is coded")  # fmt: skip
+    parser.add_argument("--stage", default="all",
+                        choices=("calibrate", "calibration", "all", "report"),
+                        help="calibrate: the convergence runs and their table; calibration: "
+                        "only the table; all: train, code and report; report: the tables of "
+                        "what is coded")  # fmt: skip
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--codecs", nargs="+", default=[CODEC], choices=list(CODECS),
@@ -464,6 +471,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage == "calibrate":
         calibrate(args)
+        return
+    if args.stage == "calibration":
+        write_calibration(args)
         return
     if args.stage == "all":
         work(args)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from moopt_lic.config import DEMO_TARGET_BPP, config_from_args, typed_flags
+from moopt_lic.effective_lambda import lambda_offset
 from moopt_lic.errors import InputError
-from moopt_lic.trainer import TrainingDiverged, lambda_offset, train_with_flags
+from moopt_lic.trainer import TrainingDiverged, train_with_flags
 
 __all__ = ["lambda_note", "main", "summary", "target_line"]
 

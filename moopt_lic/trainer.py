@@ -53,6 +53,11 @@ from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_
 from moopt_lic.data import CropDataset, image_to_tensor
 from moopt_lic.devices import resolve_device, use_deterministic_cuda  # re-exported for scripts
 from moopt_lic.distributed import Processes, agree, broadcast, fingerprint, setup, teardown
+from moopt_lic.effective_lambda import (
+    EFFECTIVE_LAMBDA_WINDOW,
+    effective_lambda,
+    lambda_offset,
+)
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
 from moopt_lic.noise import per_sample_noise
@@ -75,10 +80,6 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 METRICS = "metrics.json"
-#: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
-EFFECTIVE_LAMBDA_WINDOW = 50
-#: The effective λ counts as off the user's λ outside ``[λ/this, λ·this]`` (warning and note).
-LAMBDA_TOLERANCE = 2.0
 #: ``--amp fp16``: this many skipped (overflowing) steps in a row stop the run as diverged.
 MAX_SKIPPED_IN_A_ROW = 30
 
@@ -604,25 +605,6 @@ def _better(candidate: dict[str, float], best: dict[str, float], target: Target 
         return candidate["target_error"] < best["target_error"]
     free = "distortion" if target.objective == "rate" else "bpp"
     return candidate[free] < best[free]
-
-
-def lambda_offset(lmbda: float, effective: float) -> str | None:
-    """Say how far the effective λ is from ``lmbda`` ("8.1× below --lambda").
-
-    None when it is within a factor ``LAMBDA_TOLERANCE`` of it.
-    """
-    ratio = effective / lmbda
-    if 1 / LAMBDA_TOLERANCE <= ratio <= LAMBDA_TOLERANCE:
-        return None
-    if math.isfinite(ratio) and ratio > 0:
-        return f"{max(ratio, 1 / ratio):.3g}× {'below' if ratio < 1 else 'above'} --lambda"
-    return "with no positive relation to --lambda"
-
-
-def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
-    """``λ · w_D / w_R``: the trade-off the balanced update actually follows."""
-    w_rate, w_distortion = float(weights[0]), float(weights[1])
-    return math.inf if w_rate == 0 else lmbda * w_distortion / w_rate
 
 
 def train(config: TrainConfig) -> TrainResult:

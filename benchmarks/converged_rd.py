@@ -37,7 +37,7 @@ time (1 thread each), finished runs are skipped and stopped ones continue from t
 checkpoint. ``--pack`` writes the results of every finished run into one archive (what a
 GPU machine sends back).
 
-    python benchmarks/converged_rd.py --stage calibrate   # first: ≈ 1.2 h on 2 CPU cores
+    python benchmarks/converged_rd.py --stage calibrate   # first: ≈ 2 h a codec on one core
     python benchmarks/converged_rd.py                     # repeat until it prints the tables
     python benchmarks/converged_rd.py --stage report      # the tables from what is coded
     python benchmarks/converged_rd.py --device cuda --jobs 12 --pack runs/converged.tar.gz
@@ -83,7 +83,7 @@ CODECS = {
 }
 CODEC = "N32-M48"
 CALIBRATION_LAMBDA = 0.0035
-CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000)
+CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000, 128000)
 #: Converged: the last doubling of steps gained less than this (dB of PSNR at equal rate).
 CONVERGED_GAIN_DB = 0.1
 #: The seed-to-seed spread below which a comparison can tell a 2 % effect.

@@ -239,7 +239,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     finished: dict[int, tuple[float, float]] = {}
-    converged = []
+    gains: dict[int, float] = {}
     for steps in CALIBRATION_STEPS:
         folder = calibration_folder(codec, steps, args)
         if not (folder / "metrics.json").exists():
@@ -248,18 +248,22 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
         point = finished[steps] = (scalars(folder, "val/bpp")[-1][1],
                                    scalars(folder, "val/psnr")[-1][1])  # fmt: skip
         half = finished.get(steps // 2)
-        gain = equal_rate_gain(half, point) if half else math.nan
-        if gain < CONVERGED_GAIN_DB:
-            converged.append(steps)
+        if half:
+            gain = gains[steps] = equal_rate_gain(half, point)
         lines.append(
             f"| {steps} | {point[0]:.4f} | {point[1]:.2f} | {rd_cost(*point)[0]:.4f} | "
             + (f"{point[1] - half[1]:+.2f} | {gain:+.2f}" if half else "– | –")
             + f" | {_metrics(folder)['train_seconds']:.0f} |"
         )
+    # a doubling that loses is no sign of convergence but of runs landing at different
+    # optima: converged from the first length whose doubling, and every later one, moved
+    # the cost by less than the limit either way
+    small = {steps: abs(gain) < CONVERGED_GAIN_DB for steps, gain in gains.items()}
+    settled = [steps for steps in gains if all(small[later] for later in gains if later >= steps)]
     verdict = (
-        f"converged at {converged[0]} steps (the doubling from {converged[0] // 2} gained "
-        f"< {CONVERGED_GAIN_DB} dB at equal rate)"
-        if converged
+        f"converged at {settled[0]} steps (this and every later doubling changed the R-D cost "
+        f"by less than {CONVERGED_GAIN_DB} dB at equal rate)"
+        if settled
         else "not converged at any finished length"
     )
     return "\n".join([*lines, "", f"Verdict: {verdict}."])

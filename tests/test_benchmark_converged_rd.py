@@ -49,7 +49,15 @@ def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):
         _finished(calibration_folder(CODEC, steps, args), 0.30, psnr)
     text = calibration_report(CODEC, args)
     assert "| 16000 | 0.3000 | 27.58 |" in text and "| +0.08 | +0.08 |" in text  # equal rate
-    assert "converged at 16000 steps (the doubling from 8000" in text
+    assert "converged at 16000 steps (this and every later doubling" in text
+
+
+def test_a_doubling_that_loses_is_no_convergence(args):
+    """A longer run that lands at a worse optimum (more rate for a little PSNR) does not
+    count as converged, and a later large gain undoes an earlier small one."""
+    for steps, bpp, psnr in ((4000, 0.32, 28.3), (8000, 0.51, 29.9), (16000, 0.28, 31.4)):
+        _finished(calibration_folder(CODEC, steps, args), bpp, psnr)
+    assert "not converged at any finished length" in calibration_report(CODEC, args)
 
 
 def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):

@@ -252,7 +252,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
             gain = gains[steps] = equal_rate_gain(half, point)
         lines.append(
             f"| {steps} | {point[0]:.4f} | {point[1]:.2f} | {rd_cost(*point)[0]:.4f} | "
-            + (f"{point[1] - half[1]:+.2f} | {gain:+.2f}" if half else "– | –")
+            + (f"{point[1] - half[1]:+.2f} | {_shown_gain(gain)}" if half else "– | –")
             + f" | {_metrics(folder)['train_seconds']:.0f} |"
         )
     # a doubling that loses is no sign of convergence but of runs landing at different
@@ -267,6 +267,10 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
         else "not converged at any finished length"
     )
     return "\n".join([*lines, "", f"Verdict: {verdict}."])
+
+
+def _shown_gain(gain: float) -> str:
+    return "more than all of D" if math.isinf(gain) else f"{gain:+.2f}"
 
 
 def _metrics(folder: Path) -> dict:

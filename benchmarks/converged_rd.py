@@ -266,7 +266,27 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
         if settled
         else "not converged at any finished length"
     )
-    return "\n".join([*lines, "", f"Verdict: {verdict}."])
+    return "\n".join([*lines, "", f"Verdict: {verdict}.", "", *budget(codec, args)])
+
+
+def budget(codec: str, args: argparse.Namespace) -> list[str]:
+    """CPU hours of the full protocol at each calibrated length, from the measured cost of
+    a step (the cheapest finished calibration run: the others shared the cores). Gram-based
+    fine-tunes cost ≈ 1.4× more a step (step_overhead_all_cpu.md) and coding is extra."""
+    folders = {steps: calibration_folder(codec, steps, args) for steps in CALIBRATION_STEPS}
+    costs = {steps: _metrics(folder)["train_seconds"] / steps for steps, folder in folders.items()
+             if (folder / "metrics.json").exists()}  # fmt: skip
+    if not costs:
+        return []
+    cheapest = min(costs, key=costs.__getitem__)
+    scratch_runs = len(LAMBDAS) * len(SEEDS) * sum(ARMS[a].start_from is None for a in ARMS)
+    finetunes = len(LAMBDAS) * len(SEEDS) * sum(ARMS[a].start_from is not None for a in ARMS)
+    hours = [(steps, (scratch_runs * steps + finetunes * FINETUNE_STEPS) * costs[cheapest] / 3600)
+             for steps in CALIBRATION_STEPS[3:]]  # fmt: skip
+    shown = ", ".join(f"{steps}: {value:.0f} h" for steps, value in hours)
+    return [f"Cost: {costs[cheapest] * 1000:.1f} ms a step on one core (the {cheapest}-step "
+            f"run); the protocol ({scratch_runs} runs from scratch, {finetunes} fine-tunes of "
+            f"{FINETUNE_STEPS} steps) in CPU hours, by steps from scratch: {shown}."]  # fmt: skip
 
 
 def _shown_gain(gain: float) -> str:

@@ -148,3 +148,14 @@ def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
     )
     row = next(line for line in arm_table(args) if line.startswith("| eq-qp |"))
     assert row.startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")
+
+
+def test_the_budget_counts_every_run_at_the_cheapest_measured_step(args):
+    from converged_rd import budget
+
+    _finished(calibration_folder(CODEC, 2000, args), 0.3, 25.0, seconds=40.0)  # 20 ms a step
+    _finished(calibration_folder(CODEC, 4000, args), 0.3, 26.0, seconds=400.0)  # shared cores
+    (line,) = budget(CODEC, args)
+    # 24 runs from scratch × 16000 steps + 84 fine-tunes × 2000 steps, at 20 ms: 3.07 h
+    assert line.startswith("Cost: 20.0 ms a step on one core (the 2000-step run)")
+    assert "16000: 3 h, 32000: 5 h, 64000: 9 h, 128000: 18 h." in line

@@ -159,3 +159,36 @@ def test_the_budget_counts_every_run_at_the_cheapest_measured_step(args):
     # 24 runs from scratch × 16000 steps + 84 fine-tunes × 2000 steps, at 20 ms: 3.07 h
     assert line.startswith("Cost: 20.0 ms a step on one core (the 2000-step run)")
     assert "16000: 3 h, 32000: 5 h, 64000: 9 h, 128000: 18 h." in line
+
+
+@pytest.mark.slow
+def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_images, monkeypatch):
+    """The anchor trains and is coded; the fine-tune holds the anchor's rate from its log;
+    the report shows both (in-process: a tiny codec on the test photos)."""
+    import converged_rd
+
+    from moopt_lic.data import ImageSet
+
+    tiny = {"model": "mbt2018-mean", "N": 8, "M": 8, "patch_size": 64, "batch_size": 2}
+    monkeypatch.setattr(converged_rd, "CODECS", {CODEC: tiny})
+    monkeypatch.setattr(converged_rd, "DATA", test_images.parent)
+    monkeypatch.setattr(converged_rd, "HOLDOUT", 1)
+    monkeypatch.setattr(converged_rd, "SCRATCH_STEPS", 4)
+    monkeypatch.setattr(converged_rd, "FINETUNE_STEPS", 2)
+    monkeypatch.setattr(converged_rd, "eval_images", lambda: ImageSet.from_folder(test_images))
+    monkeypatch.setattr(converged_rd, "plot", lambda args: None)
+    args.seeds, args.arms, args.no_coding = [0], ["ws", "ws+", "eq-qp-t"], False
+    lmbda = converged_rd.LAMBDAS[0]
+    for arm in ("ws", "ws+", "eq-qp-t"):
+        converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
+    anchor = args.out / Run("ws", lmbda, 0).name
+    fine_tune = _metrics_of(args.out / Run("eq-qp-t", lmbda, 0).name)
+    assert fine_tune["target"]["value"] == pytest.approx(anchor_rate(anchor), abs=1e-4)
+    assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
+    text = converged_rd.report(args)
+    assert "3 of 12 runs coded" in text
+    assert f"| {Run('eq-qp-t', lmbda, 0).name} | {fine_tune['target']['value']:.4f} |" in text
+
+
+def _metrics_of(folder):
+    return json.loads((folder / "metrics.json").read_text())

@@ -41,7 +41,9 @@ def _finished(folder, bpp, psnr, seconds=1.0):
 
 @pytest.fixture
 def args(tmp_path):
-    return argparse.Namespace(out=tmp_path, device="cpu", threads=1)
+    from converged_rd import LAMBDAS
+
+    return argparse.Namespace(out=tmp_path, device="cpu", threads=1, lambdas=list(LAMBDAS))
 
 
 def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):

@@ -91,7 +91,7 @@ CONVERGED_GAIN_DB = 0.1
 #: The seed-to-seed spread below which a comparison can tell a 2 % effect.
 NOISE_TARGET_DB = 0.1
 NOISE_TARGET_PERCENT = 1.0
-#: The longest length calibrated so far (not converged by the criterion; see the results).
+#: Where the training objective settled (the calibration; whole photos still improve after it).
 SCRATCH_STEPS = 64000
 FINETUNE_STEPS = 2000
 #: ×3 apart around the calibration point, where the N16-M24 codec validates at 0.28 bpp:

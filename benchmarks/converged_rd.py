@@ -70,9 +70,12 @@ from protocol import (
     eval_images,
     evaluation,
     folder_done,
+    last_validation,
     mean_std,
     run_tasks,
+    scalar_histories,
     scalars,
+    to_code,
     train_to_end,
     write_results,
 )
@@ -113,8 +116,9 @@ ARMS = {
 #: Arms that hold the anchor's training rate; they start once the anchor is done.
 TARGETED = {"eq-qp-t", "eq-qp-f-t", "c2f-t", "nash-mtl-t", "imtl-g-t", "c2f-scratch-t"}
 #: The arm each arm is compared with: the same start and the same number of steps.
-CONTROL = {arm: "ws+" for arm in ARMS if ARMS[arm].start_from} | {"c2f-scratch-t": "ws"}
-CONTROL.pop("ws+")
+CONTROL = {arm: "ws+" for arm, spec in ARMS.items() if spec.start_from and arm != "ws+"} | {
+    "c2f-scratch-t": "ws"
+}
 #: The share of an anchor's last steps whose mean training rate the targeted arms hold.
 TARGET_WINDOW = 0.1
 
@@ -180,17 +184,13 @@ def all_runs(args: argparse.Namespace) -> list[Run]:
     return anchors + others
 
 
-def to_code(folder: Path) -> bool:
-    return folder_done(folder) and divergence(folder) is None and evaluation(folder) is None
-
-
 def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> None:
     """Train one run to its end (``values``; None: build them now that the anchor is done),
     then code the evaluation photos once (a worker process)."""
     train_to_end(values if values is not None else config_for(run, args))
     folder = args.out / run.name
     if not args.no_coding and to_code(folder):
-        code_run(folder, eval_images(), "cpu" if args.device == "cpu" else args.device)
+        code_run(folder, eval_images(), args.device)
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -237,8 +237,9 @@ def equal_rate_gain(before: tuple[float, float], after: tuple[float, float]) -> 
 def training_cost(folder: Path) -> tuple[float, float]:
     """(R, D) of the training objective, means over the run's last 10 % of logged steps
     (random crops of the training photos, with quantisation noise)."""
-    rates = [value for _, value in scalars(folder, "train/rate_bpp")]
-    distortions = [value for _, value in scalars(folder, "train/distortion")]
+    histories = scalar_histories(folder, "train/rate_bpp", "train/distortion")
+    rates = [value for _, value in histories["train/rate_bpp"]]
+    distortions = [value for _, value in histories["train/distortion"]]
     window = max(1, len(rates) // 10)
     return statistics.fmean(rates[-window:]), statistics.fmean(distortions[-window:])
 
@@ -274,7 +275,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
         if not (folder / "metrics.json").exists():
             lines.append(f"| {steps} | not finished | | | | | | |")
             continue
-        bpp, psnr = scalars(folder, "val/bpp")[-1][1], scalars(folder, "val/psnr")[-1][1]
+        bpp, psnr = last_validation(folder)
         validation[steps] = (bpp, rd_cost(bpp, psnr)[1])
         training[steps] = training_cost(folder)
         cells = []
@@ -415,7 +416,8 @@ def run_table(args: argparse.Namespace) -> list[str]:
         metrics = _metrics(folder)
         target = metrics.get("target")
         held = f"{target['value']:.4f} | {target['achieved']:.4f}" if target else "– | –"
-        weights = [scalars(folder, f"balancer/weight_{name}") for name in ("rate", "distortion")]
+        weights = list(scalar_histories(folder, "balancer/weight_rate",
+                                        "balancer/weight_distortion").values())  # fmt: skip
         shown = ", ".join(f"{w[-1][1]:.3g}" for w in weights) if all(weights) else "–"
         lines.append(
             f"| {run.name} | {held} | {result['bpp']:.4f} | {result['psnr']:.2f} | "

@@ -114,20 +114,27 @@ def train_to_end(values: dict[str, Any]) -> None:
         (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
 
 
-def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one TensorBoard scalar of the run in ``folder``."""
+def scalar_histories(folder: Path, *tags: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of TensorBoard scalars of the run in ``folder``, by tag, from one read
+    of its log ([] for a tag it does not have)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    if tag not in events.Tags()["scalars"]:
-        return []
-    return [(event.step, event.value) for event in events.Scalars(tag)]
+    present = set(events.Tags()["scalars"])
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+            if tag in present else [] for tag in tags}  # fmt: skip
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar of the run in ``folder``."""
+    return scalar_histories(folder, tag)[tag]
 
 
 def last_validation(folder: Path) -> tuple[float, float]:
     """(bpp, PSNR) of a run's last validation (held-out training photos), from its log."""
-    return scalars(folder, "val/bpp")[-1][1], scalars(folder, "val/psnr")[-1][1]
+    histories = scalar_histories(folder, "val/bpp", "val/psnr")
+    return histories["val/bpp"][-1][1], histories["val/psnr"][-1][1]
 
 
 def eval_images(count: int | None = None) -> Any:
@@ -169,6 +176,11 @@ def evaluation(folder: Path) -> dict[str, Any] | None:
     """The run's evaluation.json, or None if it is not coded yet."""
     path = folder / "evaluation.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def to_code(folder: Path) -> bool:
+    """Trained to the end, not diverged, and not coded yet."""
+    return folder_done(folder) and divergence(folder) is None and evaluation(folder) is None
 
 
 @dataclass

@@ -67,6 +67,7 @@ from protocol import (
     folder_done,
     run_tasks,
     scalars,
+    to_code,
     train_to_end,
 )
 
@@ -167,8 +168,7 @@ def cpu_settings(out: Path) -> argparse.Namespace:
 
 def to_evaluate(run: Run, args: argparse.Namespace) -> bool:
     """Trained to the end (not diverged) and not evaluated yet."""
-    folder = args.out / run.name
-    return folder_done(folder) and divergence(folder) is None and evaluation(folder) is None
+    return to_code(args.out / run.name)
 
 
 def train_run(run: Run, args: argparse.Namespace) -> None:

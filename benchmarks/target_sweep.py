@@ -54,9 +54,9 @@ from protocol import (
     divergence,
     equal_rate_difference,
     eval_images,
-    evaluation,
     folder_done,
     run_tasks,
+    to_code,
     train_to_end,
 )
 
@@ -117,7 +117,7 @@ def train_and_code(run: Run, out: Path) -> None:
     """Train (or resume, or skip) one run, then code the evaluation photos once (a worker)."""
     train_to_end(config_for(run, out))
     folder = out / run.name
-    if divergence(folder) is None and evaluation(folder) is None:
+    if to_code(folder):
         code_run(folder, eval_images())
 
 
@@ -127,9 +127,7 @@ def work(runs: list[Run], out: Path, jobs: int) -> None:
     for run in runs:
         source = run.source(ARMS)
         after = None if source is None or folder_done(out / source.name) else source.name
-        done = folder_done(out / run.name) and (
-            divergence(out / run.name) is not None or evaluation(out / run.name) is not None
-        )
+        done = folder_done(out / run.name) and not to_code(out / run.name)
         tasks.append(Task(run.name, train_and_code, (run, out), after=after, done=done))
     run_tasks(tasks, jobs)
 

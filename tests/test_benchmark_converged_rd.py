@@ -14,6 +14,7 @@ from converged_rd import (
     FINETUNE_STEPS,
     SCRATCH_STEPS,
     TARGETED,
+    all_runs,
     anchor_rate,
     calibration_config,
     calibration_folder,
@@ -123,8 +124,21 @@ def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
 def test_every_arm_has_a_control_with_the_same_start():
     for arm, control in CONTROL.items():
         assert ARMS[arm].start_from == ARMS[control].start_from
-    assert set(ARMS) - set(CONTROL) == {"ws", "ws+"}
+    assert set(ARMS) - set(CONTROL) == {"ws", "ws+", "ws+'"}
     assert TARGETED <= set(ARMS)
+
+
+def test_anchors_come_first_then_fine_tunes_then_arms_from_scratch(args):
+    """Every run after its anchor; the short fine-tunes of every seed before any long arm
+    from scratch, so that each arm has paired results early."""
+    args.arms, args.seeds = list(ARMS), [0, 1, 2]
+    kinds = [
+        "anchor" if run.arm == "ws" else ARMS[run.arm].start_from or "scratch"
+        for run in all_runs(args)
+    ]
+    assert kinds == sorted(kinds, key=["anchor", "ws", "scratch"].index)
+    assert kinds.count("anchor") == 3 * len(args.lambdas)
+    assert kinds.count("scratch") == 3 * len(args.lambdas)
 
 
 def test_calibration_matches_the_anchor_protocol(args):
@@ -152,22 +166,37 @@ def _coded(args, arm, seed, shift_db):
 
 
 def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
-    from converged_rd import arm_table, noise_floor
+    from converged_rd import RESEEDED, arm_table, noise_floor
 
-    args.seeds, args.arms = [0, 1], ["ws", "ws+", "eq-qp"]
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", RESEEDED, "eq-qp"]
     for seed, shift in ((0, 0.0), (1, 0.05)):
         _coded(args, "ws", seed, shift)
         _coded(args, "ws+", seed, shift + 0.2)
+        _coded(args, RESEEDED, seed, shift + 0.2 - (0.02 if seed else 0.01))
         _coded(args, "eq-qp", seed, shift + 0.2 + (0.3 if seed else 0.1))
     lines = noise_floor(args)
-    assert "| ws | 1 vs 0 | +0.050 (4 points) |" in lines[2]
+    assert "| seed (from scratch) | ws seed 1 vs ws seed 0 | +0.050 (4 points) |" in lines[2]
+    assert "| fine-tuning data | ws+' seed 1 vs ws+ seed 1 | -0.020 (4 points) |" in lines[5]
     # 0.05 dB at 6 dB per doubling of rate is 2^(-0.05/6) − 1 = −0.58 % of rate
     assert lines[-1] == (
-        "Noise floor: |Δ PSNR| ≤ 0.050 dB, |BD-rate| ≤ 0.58 % (target ≤ 0.1 dB and ≤ 1.0 %: "
-        "reached)."
+        "Noise floor (target ≤ 0.1 dB and ≤ 1.0 %): seed (from scratch): |Δ PSNR| ≤ 0.050 dB, "
+        "|BD-rate| ≤ 0.58 % (reached); fine-tuning data: |Δ PSNR| ≤ 0.020 dB, |BD-rate| ≤ "
+        "0.23 % (reached)."
     )
-    row = next(line for line in arm_table(args) if line.startswith("| eq-qp |"))
-    assert row.startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")
+    rows = arm_table(args)[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| eq-qp"]  # the reseeded control is no arm
+    assert rows[0].startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")
+
+
+def test_the_reseeded_control_draws_its_data_by_another_seed(args):
+    from converged_rd import RESEED, RESEEDED
+
+    anchor = args.out / Run("ws", 0.0035, 1).name
+    control = config_for(Run("ws+", 0.0035, 1), args)
+    reseeded = config_for(Run(RESEEDED, 0.0035, 1), args)
+    assert control["seed"] == 1 and reseeded["seed"] == 1 + RESEED
+    assert reseeded["init_from"] == control["init_from"] == str(anchor / "checkpoint.pt")
+    assert {key for key in control if control[key] != reseeded[key]} == {"seed", "out"}
 
 
 def test_the_budget_counts_every_run_at_the_cheapest_measured_step(args):
@@ -176,9 +205,9 @@ def test_the_budget_counts_every_run_at_the_cheapest_measured_step(args):
     _finished(calibration_folder(CODEC, 2000, args), 0.3, 25.0, seconds=40.0)  # 20 ms a step
     _finished(calibration_folder(CODEC, 4000, args), 0.3, 26.0, seconds=400.0)  # shared cores
     (line,) = budget(CODEC, args)
-    # 24 runs from scratch × 16000 steps + 84 fine-tunes × 2000 steps, at 20 ms: 3.07 h
+    # 24 runs from scratch × 16000 steps + 96 fine-tunes × 2000 steps, at 20 ms: 3.2 h
     assert line.startswith("Cost: 20.0 ms a step on one core (the 2000-step run)")
-    assert "16000: 3 h, 32000: 5 h, 64000: 9 h, 128000: 18 h." in line
+    assert "16000: 3 h, 32000: 5 h, 64000: 10 h, 128000: 18 h." in line
 
 
 @pytest.mark.slow

@@ -241,3 +241,18 @@ def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_ima
 
 def _metrics_of(folder):
     return json.loads((folder / "metrics.json").read_text())
+
+
+def test_every_compared_arm_has_its_method_in_the_interleaved_timing():
+    import statistics
+
+    from converged_rd import OVERHEAD_TIMES, interleaved_ratio
+
+    times = json.loads(OVERHEAD_TIMES.read_text())["times"]
+    for arm, control in CONTROL.items():
+        assert interleaved_ratio(arm, control) > 0
+    expected = statistics.median(times["EqQP exact, sequential"]) / statistics.median(
+        times["weighted sum (glue)"]
+    )
+    assert interleaved_ratio("eq-qp-t", "ws+") == pytest.approx(expected)
+    assert interleaved_ratio("ws+", "ws") == 1.0

@@ -14,12 +14,19 @@ effective λ and the final logits, next to the weighted sum at the same steps.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from protocol import ROOT, Run, divergence, folder_done, last_validation, train_to_end
+from protocol import (
+    ROOT,
+    Run,
+    divergence,
+    folder_done,
+    last_validation,
+    run_metrics,
+    train_to_end,
+)
 from reproduce_rd import config_for, cpu_settings
 
 LAMBDA = 0.013
@@ -50,7 +57,7 @@ def row(name: str, label: str, out: Path) -> str:
         return f"| {label} | not finished | | | |"
     if divergence(folder) is not None:
         return f"| {label} | diverged | | | |"
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = run_metrics(folder) or {}
     bpp, psnr = last_validation(folder)
     logits = metrics["balancer_state"].get("logits")
     shown = ", ".join(f"{x:+.3f}" for x in logits) if logits else "–"

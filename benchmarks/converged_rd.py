@@ -74,6 +74,7 @@ from protocol import (
     folder_done,
     last_validation,
     mean_std,
+    run_metrics,
     run_tasks,
     scalar_histories,
     scalars,
@@ -281,7 +282,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
     gains: dict[str, dict[int, float]] = {"validation": {}, "training": {}}
     for steps in CALIBRATION_STEPS:
         folder = calibration_folder(codec, steps, args)
-        if not (folder / "metrics.json").exists():
+        if (metrics := run_metrics(folder)) is None:
             lines.append(f"| {steps} | not finished | | | | | | |")
             continue
         bpp, psnr = last_validation(folder)
@@ -295,7 +296,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
             shown = _shown_gain(gains[name][steps]) if half else "–"
             cells.append(f"{sum(costs[steps]):.4f} | {shown}")
         lines.append(f"| {steps} | {bpp:.4f} | {psnr:.2f} | {' | '.join(cells)} | "
-                     f"{_metrics(folder)['train_seconds']:.0f} |")  # fmt: skip
+                     f"{metrics['train_seconds']:.0f} |")  # fmt: skip
     verdicts = []
     for name in ("validation", "training"):
         first = settled_from(gains[name])
@@ -313,8 +314,9 @@ def budget(codec: str, args: argparse.Namespace) -> list[str]:
     a step (the cheapest finished calibration run: the others shared the cores). Gram-based
     fine-tunes cost ≈ 1.4× more a step (step_overhead_all_cpu.md) and coding is extra."""
     folders = {steps: calibration_folder(codec, steps, args) for steps in CALIBRATION_STEPS}
-    costs = {steps: _metrics(folder)["train_seconds"] / steps for steps, folder in folders.items()
-             if (folder / "metrics.json").exists()}  # fmt: skip
+    finished = {steps: run_metrics(folder) for steps, folder in folders.items()}
+    costs = {steps: metrics["train_seconds"] / steps for steps, metrics in finished.items()
+             if metrics is not None}  # fmt: skip
     if not costs:
         return []
     cheapest = min(costs, key=costs.__getitem__)
@@ -330,10 +332,6 @@ def budget(codec: str, args: argparse.Namespace) -> list[str]:
 
 def _shown_gain(gain: float) -> str:
     return "more than all of D" if math.isinf(gain) else f"{gain:+.2f}"
-
-
-def _metrics(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
 
 
 def work(args: argparse.Namespace) -> None:
@@ -434,11 +432,10 @@ def run_table(args: argparse.Namespace) -> list[str]:
         if (message := divergence(folder)) is not None:
             lines.append(f"| {run.name} | diverged: {message} | | | | | | |")
             continue
-        result = evaluation(folder)
-        if result is None:
+        result, metrics = evaluation(folder), run_metrics(folder)
+        if result is None or metrics is None:
             lines.append(f"| {run.name} | not finished | | | | | | |")
             continue
-        metrics = _metrics(folder)
         target = metrics.get("target")
         held = f"{target['value']:.4f} | {target['achieved']:.4f}" if target else "– | –"
         weights = list(scalar_histories(folder, "balancer/weight_rate",
@@ -481,9 +478,8 @@ def time_ratios(args: argparse.Namespace) -> list[str]:
     beside the interleaved per-step ratio of the same two methods."""
     lines = []
     for arm, control in CONTROL.items():
-        times = {name: [_metrics(args.out / Run(name, lm, s).name)["train_seconds"]
-                        for lm in LAMBDAS for s in args.seeds
-                        if (args.out / Run(name, lm, s).name / "metrics.json").exists()]
+        times = {name: [metrics["train_seconds"] for lm in LAMBDAS for s in args.seeds
+                        if (metrics := run_metrics(args.out / Run(name, lm, s).name))]
                  for name in (arm, control)}  # fmt: skip
         if arm in args.arms and times[arm] and times[control]:
             ratio = statistics.fmean(times[arm]) / statistics.fmean(times[control])

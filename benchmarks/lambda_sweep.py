@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import DATA, LAMBDA_GRID, ROOT, divergence, scalars, train_to_end
+from protocol import DATA, LAMBDA_GRID, ROOT, divergence, run_metrics, scalars, train_to_end
 
 LAMBDAS = LAMBDA_GRID
 
@@ -101,7 +100,10 @@ def table(args: argparse.Namespace) -> str:
                 cells.append(f"diverged ({message.split(':')[0]})")
                 rates.append(float("nan"))
                 continue
-            metrics = json.loads((out / "metrics.json").read_text())
+            if (metrics := run_metrics(out)) is None:
+                cells.append("not finished")
+                rates.append(float("nan"))
+                continue
             final = metrics["final_evaluation"]
             rates.append(final["bpp"])
             cells.append(

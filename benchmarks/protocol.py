@@ -158,7 +158,9 @@ def code_run(folder: Path, images: Any, device: str = "cpu", threads: int = 1) -
     torch.set_num_threads(threads)
     rows = evaluate_checkpoint(folder / "checkpoint.pt", images, torch.device(device))
     means, worst = summarize(rows)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = run_metrics(folder)
+    if metrics is None:
+        raise FileNotFoundError(f"{folder}: not trained to its end (no metrics.json) to code")
     result = {
         "bpp": means["bpp"],
         "psnr": means["psnr-rgb"],
@@ -170,6 +172,12 @@ def code_run(folder: Path, images: Any, device: str = "cpu", threads: int = 1) -
     }
     (folder / "evaluation.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
+
+
+def run_metrics(folder: Path) -> dict[str, Any] | None:
+    """The run's metrics.json (written when it trained to its end), or None before that."""
+    path = folder / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def evaluation(folder: Path) -> dict[str, Any] | None:

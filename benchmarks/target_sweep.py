@@ -37,7 +37,6 @@ checkpoint, so the script can be started again after an interruption. About 50 m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -54,7 +53,9 @@ from protocol import (
     divergence,
     equal_rate_difference,
     eval_images,
+    evaluation,
     folder_done,
+    run_metrics,
     run_tasks,
     to_code,
     train_to_end,
@@ -136,12 +137,11 @@ def row_of(run: Run, out: Path) -> dict | None:
     folder = out / run.name
     if (error := divergence(folder)) is not None:
         return {"diverged": error}
-    metrics_file, coded_file = folder / "metrics.json", folder / "evaluation.json"
-    if not (metrics_file.exists() and coded_file.exists()):
+    metrics, coded = run_metrics(folder), evaluation(folder)
+    if metrics is None or coded is None:
         return None
-    metrics = json.loads(metrics_file.read_text())
     return {
-        **json.loads(coded_file.read_text()),
+        **coded,
         "achieved": metrics["target"]["achieved"],
         "effective_lambda": metrics["effective_lambda"],
         "seconds": metrics["train_seconds"],

@@ -54,6 +54,7 @@ import statistics
 import sys
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol import (
     DATA,
@@ -82,6 +83,9 @@ from protocol import (
     train_to_end,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: The codecs calibrated, by name; the protocol trains ``CODEC``.
 CODECS = {
@@ -353,45 +357,71 @@ def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[fl
     return sorted((r["bpp"], r["psnr"]) for r in results if r is not None)
 
 
-def noise_floor(args: argparse.Namespace) -> list[str]:
-    """What no arm can be told from: the same arm at two seeds (the anchors and the controls:
-    what training from scratch varies) and the control against itself on other data (what the
-    fine-tuning alone varies: the yardstick of the fine-tuning arms, which share the anchor)."""
+def noise_pairs(args: argparse.Namespace) -> dict[str, list[tuple[tuple[str, int], ...]]]:
+    """The (arm, seed) pairs that differ only by chance, by what differs: the same arm at two
+    seeds (the anchors and the controls: what training from scratch varies), and the control
+    against itself on other data (what the fine-tuning alone varies: the yardstick of the
+    fine-tuning arms, which share their anchor)."""
     seed_pairs = [(a, b) for a in args.seeds for b in args.seeds if a < b]
-    kinds = {
+    return {
         "seed (from scratch)": [
             ((arm, a), (arm, b)) for arm in ("ws", "ws+") for a, b in seed_pairs
         ],
         "fine-tuning data": [(("ws+", seed), (RESEEDED, seed)) for seed in args.seeds],
     }
+
+
+def compared(
+    args: argparse.Namespace, base: tuple[str, int], other: tuple[str, int]
+) -> tuple[float, int, str, float | None]:
+    """``other``'s coded curve against ``base``'s ((arm, seed) each): Δ PSNR at equal rate,
+    the points it averages, the BD-rate cells and the pchip BD-rate (%)."""
+    base_points, other_points = coded_points(args, *base), coded_points(args, *other)
+    difference, count = equal_rate_difference(other_points, base_points)
+    cells, pchip = bd_cells((f"{base[0]} seed {base[1]}", base_points),
+                            (f"{other[0]} seed {other[1]}", other_points))  # fmt: skip
+    return difference, count, cells, pchip
+
+
+def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The largest |Δ PSNR| (dB) and |BD-rate| (%) of each kind of noise pair (kinds with
+    both measured)."""
+    floors = {}
+    for kind, pairs in noise_pairs(args).items():
+        results = [compared(args, base, other) for base, other in pairs]
+        deltas = [abs(difference) for difference, count, _, _ in results if count]
+        rates = [abs(pchip) for *_, pchip in results if pchip is not None]
+        if deltas and rates:
+            floors[kind] = (max(deltas), max(rates))
+    return floors
+
+
+def noise_floor(args: argparse.Namespace) -> list[str]:
+    """The noise pairs' table and the floor of each kind, against the target."""
     lines = [
         "| what differs | runs | Δ PSNR at equal rate (dB) | BD-rate pchip | BD-rate cubic | "
         "stable |",
         "|---|---|---|---|---|---|",
     ]
-    verdicts = []
-    for kind, pairs in kinds.items():
-        deltas, rates = [], []
-        for (base_arm, base_seed), (other_arm, other_seed) in pairs:
-            base = coded_points(args, base_arm, base_seed)
-            other = coded_points(args, other_arm, other_seed)
-            difference, count = equal_rate_difference(other, base)
-            cells, pchip = bd_cells((f"{base_arm} seed {base_seed}", base),
-                                    (f"{other_arm} seed {other_seed}", other))  # fmt: skip
+    for kind, pairs in noise_pairs(args).items():
+        for base, other in pairs:
+            difference, count, cells, _ = compared(args, base, other)
             shown = "–" if count == 0 else f"{difference:+.3f} ({count} points)"
-            lines.append(f"| {kind} | {other_arm} seed {other_seed} vs {base_arm} seed "
-                         f"{base_seed} | {shown} | {cells} |")  # fmt: skip
-            deltas += [abs(difference)] if count else []
-            rates += [abs(pchip)] if pchip is not None else []
-        if deltas and rates:
-            reached = max(deltas) <= NOISE_TARGET_DB and max(rates) <= NOISE_TARGET_PERCENT
-            verdict = "reached" if reached else "not reached"
-            verdicts.append(f"{kind}: |Δ PSNR| ≤ {max(deltas):.3f} dB, |BD-rate| ≤ "
-                            f"{max(rates):.2f} % ({verdict})")  # fmt: skip
+            lines.append(f"| {kind} | {other[0]} seed {other[1]} vs {base[0]} seed {base[1]} | "
+                         f"{shown} | {cells} |")  # fmt: skip
+    verdicts = [
+        f"{kind}: |Δ PSNR| ≤ {delta:.3f} dB, |BD-rate| ≤ {rate:.2f} % ({_verdict(delta, rate)})"
+        for kind, (delta, rate) in noise_floors(args).items()
+    ]
     if verdicts:
         lines += ["", f"Noise floor (target ≤ {NOISE_TARGET_DB} dB and ≤ {NOISE_TARGET_PERCENT} "
                   f"%): {'; '.join(verdicts)}."]  # fmt: skip
     return lines
+
+
+def _verdict(delta: float, rate: float) -> str:
+    reached = delta <= NOISE_TARGET_DB and rate <= NOISE_TARGET_PERCENT
+    return "reached" if reached else "not reached"
 
 
 def arm_table(args: argparse.Namespace) -> list[str]:
@@ -406,14 +436,10 @@ def arm_table(args: argparse.Namespace) -> list[str]:
             continue
         deltas, rates, delta_cells, rate_cells = [], [], [], []
         for seed in args.seeds:
-            test, base = coded_points(args, arm, seed), coded_points(args, control, seed)
-            difference, count = equal_rate_difference(test, base)
-            if count:
-                deltas.append(difference)
+            difference, count, _, pchip = compared(args, (control, seed), (arm, seed))
+            deltas += [difference] if count else []
             delta_cells.append("–" if not count else f"{difference:+.3f} ({count})")
-            _, pchip = bd_cells((control, base), (arm, test))
-            if pchip is not None:
-                rates.append(pchip)
+            rates += [pchip] if pchip is not None else []
             rate_cells.append("–" if pchip is None else f"{pchip:+.2f}")
         lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas)} | "
                      f"{', '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
@@ -519,15 +545,16 @@ def report(args: argparse.Namespace) -> str:
 
 
 def plot(args: argparse.Namespace) -> None:
-    """R-D curves of every arm, one panel per seed."""
+    """R-D curves of every arm, one panel per seed; and each arm's Δ PSNR at equal rate to
+    its control per seed, beside the noise floor of its kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(args.seeds), figsize=(5 * len(args.seeds), 4.2),
+    figure, axes = plt.subplots(1, len(args.seeds) + 1, figsize=(5 * len(args.seeds) + 6, 4.2),
                                 squeeze=False)  # fmt: skip
-    for axis, seed in zip(axes[0], args.seeds, strict=True):
+    for axis, seed in zip(axes[0], args.seeds, strict=False):
         for index, arm in enumerate(ARMS):
             points = coded_points(args, arm, seed) if arm == "ws" or arm in args.arms else []
             if points:
@@ -538,10 +565,35 @@ def plot(args: argparse.Namespace) -> None:
         axis.grid(True, alpha=0.3)
         if axis.lines:
             axis.legend(fontsize=7)
+    plot_deltas(axes[0][-1], args)
     figure.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
     figure.savefig(IMAGES / "converged_rd.png", dpi=110)
     plt.close(figure)
+
+
+def plot_deltas(axis: Axes, args: argparse.Namespace) -> None:
+    """Each arm's Δ PSNR to its control, one dot per seed, and a grey band of ± the noise
+    floor of its kind (fine-tunes: other fine-tuning data; from scratch: other seeds)."""
+    floors = noise_floors(args)
+    arms = [arm for arm in CONTROL if arm in args.arms]
+    for position, arm in enumerate(arms):
+        kind = "fine-tuning data" if ARMS[arm].start_from else "seed (from scratch)"
+        if kind in floors:
+            axis.fill_between([position - 0.4, position + 0.4], -floors[kind][0],
+                              floors[kind][0], color="0.85")  # fmt: skip
+        for seed in args.seeds:
+            difference, count, _, _ = compared(args, (CONTROL[arm], seed), (arm, seed))
+            if count:
+                axis.plot(position, difference, "o", color=f"C{seed}",
+                          label=f"seed {seed}" if position == 0 else None)  # fmt: skip
+    axis.axhline(0, color="0.4", linewidth=0.8)
+    axis.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
+    axis.set(ylabel="Δ PSNR at equal rate to the control (dB)",
+             title="arms vs controls (grey: noise floor)")  # fmt: skip
+    axis.grid(True, axis="y", alpha=0.3)
+    if axis.lines[1:]:
+        axis.legend(fontsize=7)
 
 
 def pack(args: argparse.Namespace) -> None:

@@ -188,6 +188,30 @@ def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
     assert rows[0].startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")
 
 
+def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_path, monkeypatch):
+    import converged_rd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", converged_rd.RESEEDED, "eq-qp"]
+    for seed, shift in ((0, 0.0), (1, 0.05)):
+        _coded(args, "ws", seed, shift)
+        _coded(args, "ws+", seed, shift + 0.2)
+        _coded(args, converged_rd.RESEEDED, seed, shift + 0.2 - (0.02 if seed else 0.01))
+        _coded(args, "eq-qp", seed, shift + 0.2 + (0.3 if seed else 0.1))
+    _, axis = plt.subplots()
+    converged_rd.plot_deltas(axis, args)
+    dots = [(line.get_xdata()[0], line.get_ydata()[0]) for line in axis.lines[:-1]]
+    assert dots == [(0, pytest.approx(0.1)), (0, pytest.approx(0.3))]
+    (band,) = axis.collections  # ± the fine-tuning floor (0.02 dB) around eq-qp
+    assert band.get_paths()[0].vertices[:, 1].max() == pytest.approx(0.02)
+    monkeypatch.setattr(converged_rd, "IMAGES", tmp_path / "images")
+    converged_rd.plot(args)
+    assert (tmp_path / "images" / "converged_rd.png").stat().st_size > 10_000
+
+
 def test_the_reseeded_control_draws_its_data_by_another_seed(args):
     from converged_rd import RESEED, RESEEDED
 

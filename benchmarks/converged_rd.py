@@ -133,6 +133,11 @@ CONTROL = {arm: "ws+" for arm, spec in ARMS.items() if spec.start_from and arm n
 CONTROL["c2f-scratch-t"] = "ws"
 #: The share of an anchor's last steps whose mean training rate the targeted arms hold.
 TARGET_WINDOW = 0.1
+#: The fine-tuning length calibration (``--stage calibrate-finetune``): these arms fine-tune
+#: the calibration anchor (λ = ``CALIBRATION_LAMBDA``, seed 0) this long, validated every
+#: 1000 steps, to see how their difference to the control grows with the length.
+FINETUNE_CALIBRATION_STEPS = 16000
+FINETUNE_CALIBRATION_ARMS = ("ws+", "eq-qp-t", "c2f-t")
 
 
 def calibration_folder(codec: str, steps: int, args: argparse.Namespace) -> Path:
@@ -205,6 +210,61 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
     folder = args.out / run.name
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
+
+
+def finetune_calibration_folder(arm: str, args: argparse.Namespace) -> Path:
+    return args.out / "calibrate-finetune" / Run(arm, CALIBRATION_LAMBDA, 0).name
+
+
+def calibrate_finetune(args: argparse.Namespace) -> None:
+    """Fine-tune the calibration anchor with each of ``FINETUNE_CALIBRATION_ARMS`` for
+    ``FINETUNE_CALIBRATION_STEPS``, then write their validation against the length."""
+    tasks = []
+    for arm in FINETUNE_CALIBRATION_ARMS:
+        folder = finetune_calibration_folder(arm, args)
+        values = {**config_for(Run(arm, CALIBRATION_LAMBDA, 0), args), "out": str(folder),
+                  "steps": FINETUNE_CALIBRATION_STEPS}  # fmt: skip
+        tasks.append(Task(f"calibrate-finetune-{arm}", train_to_end, (values,),
+                          done=folder_done(folder)))  # fmt: skip
+    run_tasks(tasks, args.jobs, args.minutes)
+    text = finetune_length_report(args)
+    print(text)
+    write_results("converged_rd_finetune_length", text,
+                  "python benchmarks/converged_rd.py --stage calibrate-finetune")  # fmt: skip
+
+
+def finetune_length_report(args: argparse.Namespace) -> str:
+    """Each fine-tuning arm's validation every 1000 steps, and its gain over the control at
+    the same step (PSNR at equal rate worth the same R-D cost at the calibration λ)."""
+    control, *arms = FINETUNE_CALIBRATION_ARMS
+    histories = {}
+    for arm in FINETUNE_CALIBRATION_ARMS:
+        logged = scalar_histories(finetune_calibration_folder(arm, args), "val/bpp", "val/psnr")
+        histories[arm] = {step: (bpp, psnr) for (step, bpp), (_, psnr)
+                          in zip(logged["val/bpp"], logged["val/psnr"], strict=True)}  # fmt: skip
+    anchor = last_validation(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name)
+    lines = [
+        f"Fine-tuning the calibration anchor (λ = {CALIBRATION_LAMBDA}, seed 0, "
+        f"{SCRATCH_STEPS} steps; validation {anchor[0]:.4f} bpp, {anchor[1]:.2f} dB) at lr "
+        f"{FINETUNE_LR}, constant; validation on the 4 held-out photos (likelihood rate). "
+        f"Gains: PSNR at equal rate worth the same R-D cost J = R + λ·255²·MSE, against "
+        f"{control} at the same step ({control} against the anchor).",
+        "",
+        f"| steps | {control} bpp, PSNR | its gain (dB) | "
+        + " | ".join(f"{arm} bpp, PSNR | its gain (dB)" for arm in arms)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(arms),
+    ]
+    for step, point in sorted(histories[control].items()):
+        cells = [f"{point[0]:.4f}, {point[1]:.2f}", f"{equal_rate_gain(anchor, point):+.3f}"]
+        for arm in arms:
+            other = histories[arm].get(step)
+            if other is None:
+                cells += ["not reached", ""]
+                continue
+            cells += [f"{other[0]:.4f}, {other[1]:.2f}", f"{equal_rate_gain(point, other):+.3f}"]
+        lines.append(f"| {step} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -610,9 +670,11 @@ def pack(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="all",
-                        choices=("calibrate", "calibration", "all", "report"),
+                        choices=("calibrate", "calibration", "calibrate-finetune", "all",
+                                 "report"),
                         help="calibrate: the convergence runs and their table; calibration: "
-                        "only the table; all: train, code and report; report: the tables of "
+                        "only the table; calibrate-finetune: the fine-tuning length runs and "
+                        "their table; all: train, code and report; report: the tables of "
                         "what is coded")  # fmt: skip
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
@@ -637,6 +699,9 @@ def main() -> None:
         return
     if args.stage == "calibration":
         write_calibration(args)
+        return
+    if args.stage == "calibrate-finetune":
+        calibrate_finetune(args)
         return
     if args.stage == "all":
         work(args)

@@ -212,6 +212,49 @@ def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_pa
     assert (tmp_path / "images" / "converged_rd.png").stat().st_size > 10_000
 
 
+def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each_step(args):
+    """At equal rate a PSNR difference is the gain itself; a missing step says so."""
+    from converged_rd import finetune_calibration_folder, finetune_length_report
+
+    _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/bpp", [(64000, 0.3)])
+    _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/psnr", [(64000, 32.0)])
+    for arm, psnr, steps in (("ws+", 32.05, 2), ("eq-qp-t", 32.15, 2), ("c2f-t", 31.95, 1)):
+        folder = finetune_calibration_folder(arm, args)
+        _log(folder, "val/bpp", [(1000 * (i + 1), 0.3) for i in range(steps)])
+        _log(folder, "val/psnr", [(1000 * (i + 1), psnr) for i in range(steps)])
+    lines = finetune_length_report(args).splitlines()
+    assert lines[2].startswith("| steps | ws+ bpp, PSNR | its gain (dB) | eq-qp-t bpp, PSNR |")
+    assert lines[4] == (
+        "| 1000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | 0.3000, 31.95 | -0.100 |"
+    )
+    assert lines[5] == (
+        "| 2000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | not reached |  |"
+    )
+
+
+def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
+    import converged_rd
+    from converged_rd import FINETUNE_CALIBRATION_ARMS, calibrate_finetune
+
+    seen = []
+
+    def record(tasks, jobs, minutes):
+        seen.extend(task.args[0] for task in tasks)
+
+    anchor = args.out / Run("ws", CALIBRATION_LAMBDA, 0).name
+    _log(anchor, "train/rate_bpp", [(64000, 0.25)])
+    args.jobs, args.minutes = 3, None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(converged_rd, "run_tasks", record)
+        patch.setattr(converged_rd, "finetune_length_report", lambda args: "table")
+        patch.setattr(converged_rd, "write_results", lambda *a: None)
+        calibrate_finetune(args)
+    for arm, values in zip(FINETUNE_CALIBRATION_ARMS, seen, strict=True):
+        protocol = config_for(Run(arm, CALIBRATION_LAMBDA, 0), args)
+        assert {k for k in values if values[k] != protocol[k]} == {"steps", "out"}
+        assert values["steps"] == 16000 and values["init_from"] == str(anchor / "checkpoint.pt")
+
+
 def test_the_reseeded_control_draws_its_data_by_another_seed(args):
     from converged_rd import RESEED, RESEEDED
 

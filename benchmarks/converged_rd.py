@@ -81,6 +81,7 @@ from protocol import (
     scalars,
     to_code,
     train_to_end,
+    trained_otherwise,
     write_results,
 )
 
@@ -400,14 +401,19 @@ def _shown_gain(gain: float) -> str:
 
 def work(args: argparse.Namespace) -> None:
     """Train (and code) what is not finished, for at most ``--minutes``."""
-    tasks = []
+    tasks, stale = [], []
     for run in all_runs(args):
         folder = args.out / run.name
         anchor = Run("ws", run.point, run.seed)
         after = None if run.arm == "ws" or folder_done(args.out / anchor.name) else anchor.name
         values = config_for(run, args) if after is None else None
+        if values is not None and (changed := trained_otherwise(folder, values)):
+            stale.append(f"{run.name} ({'; '.join(changed)})")
         done = folder_done(folder) and (args.no_coding or not to_code(folder))
         tasks.append(Task(run.name, train_and_code, (values, run, args), after=after, done=done))
+    if stale:
+        sys.exit(f"trained with other settings than the protocol now says: {', '.join(stale)}; "
+                 f"delete their folders in {args.out} to train them again")  # fmt: skip
     run_tasks(tasks, args.jobs, args.minutes)
 
 

@@ -96,16 +96,38 @@ def divergence(folder: Path) -> str | None:
     return json.loads(path.read_text())["diverged"] if path.exists() else None
 
 
+#: Settings that say where and how a run executes (paths, device, threads), not what it
+#: trains: a finished run moved to another folder or machine is still the same run.
+EXECUTION_SETTINGS = frozenset(
+    {"out", "dataset", "eval_dataset", "init_from", "device", "threads", "workers", "progress",
+     "final_eval", "resume"}
+)  # fmt: skip
+
+
+def trained_otherwise(folder: Path, values: Mapping[str, Any]) -> list[str]:
+    """The settings of ``values`` that the finished run in ``folder`` was trained with
+    differently, as ``name: was → now`` ([] if none, or if it has not finished)."""
+    trained = (run_metrics(folder) or {}).get("config")
+    if trained is None:
+        return []
+    return [f"{name}: {trained.get(name)!r} → {value!r}" for name, value in values.items()
+            if name not in EXECUTION_SETTINGS and trained.get(name) != value]  # fmt: skip
+
+
 def train_to_end(values: dict[str, Any]) -> None:
     """Train the run ``values`` configures (its folder is ``values["out"]``) to its end.
 
     A finished run is skipped, a stopped one resumes from its last checkpoint (the same
     configuration: resuming refuses a changed one), and a NaN/∞ stop is recorded in
-    diverged.json.
+    diverged.json. A run finished with other settings (a protocol constant changed since)
+    is an error: its folder must go before it is trained again.
     """
     from moopt_lic import TrainConfig, TrainingDiverged, train
 
     folder = Path(values["out"])
+    if changed := trained_otherwise(folder, values):
+        raise SystemExit(f"{folder} was trained with other settings ({'; '.join(changed)}); "
+                         "delete the folder to train it as the protocol now says")  # fmt: skip
     if folder_done(folder):
         return
     try:

@@ -323,3 +323,25 @@ def test_every_compared_arm_has_its_method_in_the_interleaved_timing():
     )
     assert interleaved_ratio("eq-qp-t", "ws+") == pytest.approx(expected)
     assert interleaved_ratio("ws+", "ws") == 1.0
+
+
+def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeypatch):
+    """A fine-tune finished before FINETUNE_STEPS changed is named, not silently reused."""
+    import converged_rd
+
+    monkeypatch.setattr(converged_rd, "run_tasks", lambda *a: pytest.fail("nothing may run"))
+    args.seeds, args.arms, args.lambdas, args.jobs, args.minutes = (
+        [0],
+        ["ws", "ws+"],
+        [0.0035],
+        1,
+        1,
+    )
+    args.no_coding = True
+    for arm, steps in (("ws", SCRATCH_STEPS), ("ws+", FINETUNE_STEPS - 1)):
+        folder = args.out / Run(arm, 0.0035, 0).name
+        folder.mkdir(parents=True)
+        config = {**config_for(Run(arm, 0.0035, 0), args), "steps": steps}
+        (folder / "metrics.json").write_text(json.dumps({"config": config}))
+    with pytest.raises(SystemExit, match=rf"wsplus-l0.0035-s0 \(steps: {FINETUNE_STEPS - 1} →"):
+        converged_rd.work(args)

@@ -18,6 +18,7 @@ from protocol import (
     psnr_at_rate,
     run_tasks,
     train_to_end,
+    trained_otherwise,
 )
 
 ARMS = {"A": Arm("weighted-sum"), "A+": Arm("weighted-sum", start_from="A")}
@@ -65,6 +66,20 @@ def test_train_to_end_trains_skips_and_resumes(tiny_config, tmp_path):
     first = (folder / "metrics.json").read_text()
     train_to_end(values)  # finished: skipped, nothing rewritten
     assert (folder / "metrics.json").read_text() == first
+
+
+def test_a_run_finished_with_other_settings_is_refused_not_skipped(tiny_config, tmp_path):
+    """Every setting survives metrics.json unchanged; what a run trains must match, where
+    and how it ran need not."""
+    values = _values(tiny_config(steps=3), tmp_path / "run")
+    train_to_end(values)
+    folder = Path(values["out"])
+    assert trained_otherwise(folder, values) == []
+    assert trained_otherwise(folder, {**values, "threads": 2, "out": "elsewhere"}) == []
+    assert trained_otherwise(folder, {**values, "steps": 4}) == ["steps: 3 → 4"]
+    with pytest.raises(SystemExit, match=r"other settings \(steps: 3 → 4\); delete the folder"):
+        train_to_end({**values, "steps": 4})
+    assert trained_otherwise(tmp_path / "never-trained", values) == []
 
 
 def test_a_stopped_run_resumes_to_an_uninterrupted_runs_weights(tiny_config, tmp_path, monkeypatch):

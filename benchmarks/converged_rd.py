@@ -598,9 +598,10 @@ def report(args: argparse.Namespace) -> str:
         "",
         *arm_table(args),
         "",
-        "Training-time ratios (mean over the runs, 2 runs sharing 2 cores; in brackets the "
-        "same two methods' median step in the interleaved timing, step_overhead_all_cpu.md, "
-        "batch 8 × 128² on 2 threads):",
+        "Training-time ratios (mean over the runs; a run shares the machine with as many "
+        "others as were started beside it, so these are rough; in brackets the same two "
+        "methods' median step in the interleaved timing, step_overhead_all_cpu.md, batch "
+        "8 × 128² on 2 threads, the measured overhead):",
         "",
         *time_ratios(args),
         "",

@@ -8,12 +8,19 @@ when it stays far from the user's λ, and the end-of-run summary says how far it
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["EFFECTIVE_LAMBDA_WINDOW", "LAMBDA_TOLERANCE", "effective_lambda", "lambda_offset"]
+__all__ = [
+    "EFFECTIVE_LAMBDA_WINDOW",
+    "LAMBDA_TOLERANCE",
+    "effective_lambda",
+    "lambda_offset",
+    "mean_effective_lambda",
+]
 
-#: ``metrics.json``'s ``effective_lambda`` is the mean over this many last steps.
+#: ``metrics.json``'s ``effective_lambda`` is that of the mean weights of this many last steps.
 EFFECTIVE_LAMBDA_WINDOW = 50
 #: The effective λ counts as off the user's λ outside ``[λ/this, λ·this]`` (warning and note).
 LAMBDA_TOLERANCE = 2.0
@@ -23,6 +30,19 @@ def effective_lambda(lmbda: float, weights: np.ndarray) -> float:
     """``λ · w_D / w_R``: the trade-off the balanced update actually follows."""
     w_rate, w_distortion = float(weights[0]), float(weights[1])
     return math.inf if w_rate == 0 else lmbda * w_distortion / w_rate
+
+
+def mean_effective_lambda(lmbda: float, weights: Sequence[Sequence[float]]) -> float:
+    """Return the trade-off several steps follow together: ``λ · mean(w_D) / mean(w_R)``.
+
+    ``weights`` holds each step's ``(w_R, w_D)``; NaN for none. Not the mean of the per-step
+    ratios: a targeted Gram-based balancer passes ``w_R`` through zero while it holds a rate,
+    and those steps' ratios, huge and of either sign, would decide that mean.
+    """
+    if len(weights) == 0:
+        return math.nan
+    w_rate, w_distortion = np.mean(np.asarray(weights, dtype=float), axis=0)
+    return effective_lambda(lmbda, np.array([w_rate, w_distortion]))
 
 
 def lambda_offset(lmbda: float, effective: float) -> str | None:

@@ -57,6 +57,7 @@ from moopt_lic.effective_lambda import (
     EFFECTIVE_LAMBDA_WINDOW,
     effective_lambda,
     lambda_offset,
+    mean_effective_lambda,
 )
 from moopt_lic.errors import InputError
 from moopt_lic.models import build_model, main_and_aux_parameters, read_checkpoint
@@ -170,7 +171,9 @@ class Trainer:
         self.target: Target | None = target_of(config.target_bpp, config.target_psnr, config.lmbda)
         self.target_history = None if self.target is None else TargetHistory(self.target)
         self.step = 0
-        self.recent_effective_lambda: list[float] = []  # of the last EFFECTIVE_LAMBDA_WINDOW
+        self.recent_weights: list[
+            list[float]
+        ] = []  # (w_R, w_D) of the last EFFECTIVE_LAMBDA_WINDOW
         self.warned_lambda = False
         self.best: dict[str, float] | None = None
         self.elapsed = 0.0
@@ -243,8 +246,8 @@ class Trainer:
         self.step += 1
         self.last_aux_loss = float(aux_loss.detach())
         if not result.skipped:
-            self.recent_effective_lambda.append(effective_lambda(config.lmbda, result.weights))
-            del self.recent_effective_lambda[:-EFFECTIVE_LAMBDA_WINDOW]
+            self.recent_weights.append([float(w) for w in result.weights])
+            del self.recent_weights[:-EFFECTIVE_LAMBDA_WINDOW]
         if self.target_history is not None:
             self.target_history.record(result.losses)
         return result
@@ -362,7 +365,7 @@ class Trainer:
         "A while" is every one of the last ``EFFECTIVE_LAMBDA_WINDOW`` steps outside the
         tolerance that the end-of-run note uses too.
         """
-        recent = self.recent_effective_lambda
+        recent = self.recent_weights
         if (
             self.warned_lambda
             or self.target is not None
@@ -370,11 +373,12 @@ class Trainer:
             or len(recent) < EFFECTIVE_LAMBDA_WINDOW
         ):
             return
-        offsets = [lambda_offset(self.config.lmbda, value) for value in recent]
+        lmbda = self.config.lmbda
+        offsets = [lambda_offset(lmbda, effective_lambda(lmbda, np.array(w))) for w in recent]
         if any(offset is None for offset in offsets):
             return
         self.warned_lambda = True
-        mean = lambda_offset(self.config.lmbda, float(np.mean(recent))) or offsets[-1]
+        mean = lambda_offset(lmbda, mean_effective_lambda(lmbda, recent)) or offsets[-1]
         tqdm.write(
             f"warning: step {self.step}: under {self.config.balancer} the effective λ has been "
             f"{mean} for {EFFECTIVE_LAMBDA_WINDOW} steps, so the codec drifts away from the "
@@ -478,7 +482,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "best": plain(self.best),
             "elapsed": self.elapsed,
-            "recent_effective_lambda": [float(v) for v in self.recent_effective_lambda],
+            "recent_weights": [[float(w) for w in step] for step in self.recent_weights],
             "target_losses": None if self.target_history is None else self.target_history.losses,
             "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
@@ -512,7 +516,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state["best"]
         self.elapsed = float(state["elapsed"])
-        self.recent_effective_lambda = [float(v) for v in state["recent_effective_lambda"]]
+        self.recent_weights = [[float(w) for w in step] for step in state["recent_weights"]]
         self.warned_lambda = bool(state["warned_lambda"])
         self.skipped_steps = int(state["skipped_steps"])
         if self.target_history is not None:
@@ -542,7 +546,7 @@ class Trainer:
             "balancer": self.config.balancer,
             "processes": self.processes.world,
             "lambda": self.config.lmbda,
-            "effective_lambda": float(np.mean(self.recent_effective_lambda or [math.nan])),
+            "effective_lambda": mean_effective_lambda(self.config.lmbda, self.recent_weights),
             "balancer_state": plain(self.balancer.state_dict()),
             "best_validation": self.best,
             "config": self.config.to_dict(),
@@ -667,7 +671,7 @@ RESUME_ENTRIES: dict[str, tuple[type, ...]] = {
 }
 #: Entries added after the first checkpoint format, with the value a run without them had.
 RESUME_DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "recent_effective_lambda": ((list,), []),
+    "recent_weights": ((list,), []),
     "warned_lambda": ((bool,), False),
     "target_losses": ((list, type(None)), None),
     "processes": ((int,), 1),

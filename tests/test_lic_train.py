@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,32 @@ def test_outputs_and_logged_effective_lambda(tiny_config):
     lambdas = [e.value for e in events.Scalars("balancer/effective_lambda")]
     assert [e.step for e in events.Scalars("balancer/effective_lambda")] == [2, 4, 6]
     assert all(math.isclose(v, 0.0067, rel_tol=1e-6) for v in lambdas)
+
+
+def test_the_effective_lambda_of_several_steps_is_that_of_their_mean_weights():
+    """λ·mean(w_D)/mean(w_R): steps that pass w_R through zero do not decide it."""
+    from moopt_lic.effective_lambda import mean_effective_lambda
+
+    weights = [(1.0, 1.0), (-0.01, 1.0), (0.01, 1.0)]
+    assert mean_effective_lambda(0.01, weights) == pytest.approx(0.03)
+    assert math.isnan(mean_effective_lambda(0.01, []))
+
+
+def test_metrics_give_the_effective_lambda_of_the_last_steps_weights(tiny_config):
+    """metrics.json's effective λ comes from the weights logged at every step (all within
+    the window), and the checkpoint keeps those weights for an exact resume."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny_config(balancer="eq-qp", steps=5, log_every=1, lmbda=0.0067))
+    events = EventAccumulator(str(result.out / "tensorboard"))
+    events.Reload()
+    rates = [e.value for e in events.Scalars("balancer/weight_rate")]
+    distortions = [e.value for e in events.Scalars("balancer/weight_distortion")]
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    expected = 0.0067 * np.mean(distortions) / np.mean(rates)
+    assert metrics["effective_lambda"] == pytest.approx(expected, rel=1e-5)
+    state = torch.load(result.out / "checkpoint.pt", weights_only=True)
+    np.testing.assert_allclose(state["recent_weights"], np.c_[rates, distortions], rtol=1e-6)
 
 
 def test_load_model_rebuilds_the_trained_model(tiny_config):

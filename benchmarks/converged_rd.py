@@ -235,37 +235,55 @@ def calibrate_finetune(args: argparse.Namespace) -> None:
 
 
 def finetune_length_report(args: argparse.Namespace) -> str:
-    """Each fine-tuning arm's validation every 1000 steps, and its gain over the control at
-    the same step (PSNR at equal rate worth the same R-D cost at the calibration λ)."""
+    """Each fine-tuning arm against the control every 1000 steps: on the validation photos
+    (noisy: 4 photos) and on the training crops of the last 1000 steps (the same crops for
+    every arm: a paired, quieter measure), as the PSNR gain at equal rate worth the same R-D
+    cost at the calibration λ."""
     control, *arms = FINETUNE_CALIBRATION_ARMS
-    histories = {}
+    validation, training = {}, {}
     for arm in FINETUNE_CALIBRATION_ARMS:
-        logged = scalar_histories(finetune_calibration_folder(arm, args), "val/bpp", "val/psnr")
-        histories[arm] = {step: (bpp, psnr) for (step, bpp), (_, psnr)
-                          in zip(logged["val/bpp"], logged["val/psnr"], strict=True)}  # fmt: skip
+        folder = finetune_calibration_folder(arm, args)
+        logged = scalar_histories(folder, "val/bpp", "val/psnr")
+        validation[arm] = {step: (bpp, psnr) for (step, bpp), (_, psnr)
+                           in zip(logged["val/bpp"], logged["val/psnr"], strict=True)}  # fmt: skip
+        training[arm] = training_windows(folder, 1000)
     anchor = last_validation(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name)
     lines = [
         f"Fine-tuning the calibration anchor (λ = {CALIBRATION_LAMBDA}, seed 0, "
         f"{SCRATCH_STEPS} steps; validation {anchor[0]:.4f} bpp, {anchor[1]:.2f} dB) at lr "
-        f"{FINETUNE_LR}, constant; validation on the 4 held-out photos (likelihood rate). "
-        f"Gains: PSNR at equal rate worth the same R-D cost J = R + λ·255²·MSE, against "
-        f"{control} at the same step ({control} against the anchor).",
+        f"{FINETUNE_LR}, constant. Validation: the 4 held-out photos (likelihood rate); "
+        "training: the mean over the 1000 steps up to that step (the same crops and noise for "
+        "every arm). Gains: PSNR at equal rate worth the same R-D cost J = R + λ·255²·MSE, "
+        f"against {control} at the same step ({control}: against the anchor's validation).",
         "",
-        f"| steps | {control} bpp, PSNR | its gain (dB) | "
-        + " | ".join(f"{arm} bpp, PSNR | its gain (dB)" for arm in arms)
+        f"| steps | {control} validation bpp, PSNR | its gain (dB) | "
+        + " | ".join(f"{arm} validation bpp, PSNR | gain (dB) | training gain (dB)" for arm in arms)
         + " |",
-        "|---|---|---|" + "---|---|" * len(arms),
+        "|---|---|---|" + "---|---|---|" * len(arms),
     ]
-    for step, point in sorted(histories[control].items()):
-        cells = [f"{point[0]:.4f}, {point[1]:.2f}", f"{equal_rate_gain(anchor, point):+.3f}"]
+    for step, point in sorted(validation[control].items()):
+        cells = [f"{point[0]:.4f}, {point[1]:.2f}", _signed(equal_rate_gain(anchor, point))]
         for arm in arms:
-            other = histories[arm].get(step)
-            if other is None:
-                cells += ["not reached", ""]
+            other, window = validation[arm].get(step), training[arm].get(step)
+            if other is None or window is None:
+                cells += ["not reached", "", ""]
                 continue
-            cells += [f"{other[0]:.4f}, {other[1]:.2f}", f"{equal_rate_gain(point, other):+.3f}"]
+            cells += [f"{other[0]:.4f}, {other[1]:.2f}", _signed(equal_rate_gain(point, other)),
+                      _signed(cost_gain(training[control][step], window))]  # fmt: skip
         lines.append(f"| {step} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def training_windows(folder: Path, width: int) -> dict[int, tuple[float, float]]:
+    """(R, D) of the training objective, means over the logged steps of each ``width`` steps,
+    by the window's last step."""
+    histories = scalar_histories(folder, "train/rate_bpp", "train/distortion")
+    windows: dict[int, list[tuple[float, float]]] = {}
+    pairs = zip(histories["train/rate_bpp"], histories["train/distortion"], strict=True)
+    for (step, rate), (_, distortion) in pairs:
+        windows.setdefault(-(-step // width) * width, []).append((rate, distortion))
+    return {end: (statistics.fmean(r for r, _ in values), statistics.fmean(d for _, d in values))
+            for end, values in windows.items()}  # fmt: skip
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -393,6 +411,11 @@ def budget(codec: str, args: argparse.Namespace) -> list[str]:
     return [f"Cost: {costs[cheapest] * 1000:.1f} ms a step on one core (the {cheapest}-step "
             f"run); the protocol ({scratch_runs} runs from scratch, {finetunes} fine-tunes of "
             f"{FINETUNE_STEPS} steps) in CPU hours, by steps from scratch: {shown}."]  # fmt: skip
+
+
+def _signed(value: float) -> str:
+    """``value`` to 3 decimals with its sign, and no "-0.000"."""
+    return f"{round(value, 3) + 0.0:+.3f}"
 
 
 def _shown_gain(gain: float) -> str:

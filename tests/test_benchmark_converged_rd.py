@@ -213,23 +213,28 @@ def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_pa
 
 
 def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each_step(args):
-    """At equal rate a PSNR difference is the gain itself; a missing step says so."""
-    from converged_rd import finetune_calibration_folder, finetune_length_report
+    """At equal rate a PSNR difference is the gain itself; training windows are paired by
+    step; a missing step says so."""
+    from converged_rd import finetune_calibration_folder, finetune_length_report, rd_cost
 
     _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/bpp", [(64000, 0.3)])
     _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/psnr", [(64000, 32.0)])
-    for arm, psnr, steps in (("ws+", 32.05, 2), ("eq-qp-t", 32.15, 2), ("c2f-t", 31.95, 1)):
+    arms = (("ws+", 32.05, 30.0, 2), ("eq-qp-t", 32.15, 30.2, 2), ("c2f-t", 31.95, 30.0, 1))
+    for arm, psnr, training_psnr, steps in arms:
         folder = finetune_calibration_folder(arm, args)
         _log(folder, "val/bpp", [(1000 * (i + 1), 0.3) for i in range(steps)])
         _log(folder, "val/psnr", [(1000 * (i + 1), psnr) for i in range(steps)])
+        logged = [100 * (i + 1) for i in range(10 * steps)]
+        _log(folder, "train/rate_bpp", [(step, 0.25) for step in logged])
+        distortion = rd_cost(0.25, training_psnr)[1]
+        _log(folder, "train/distortion", [(step, distortion) for step in logged])
     lines = finetune_length_report(args).splitlines()
-    assert lines[2].startswith("| steps | ws+ bpp, PSNR | its gain (dB) | eq-qp-t bpp, PSNR |")
+    assert lines[2].startswith("| steps | ws+ validation bpp, PSNR | its gain (dB) | eq-qp-t ")
     assert lines[4] == (
-        "| 1000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | 0.3000, 31.95 | -0.100 |"
+        "| 1000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | +0.200 | "
+        "0.3000, 31.95 | -0.100 | +0.000 |"
     )
-    assert lines[5] == (
-        "| 2000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | not reached |  |"
-    )
+    assert lines[5].endswith("| +0.100 | +0.200 | not reached |  |  |")
 
 
 def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):

@@ -264,16 +264,29 @@ def finetune_length_report(args: argparse.Namespace) -> str:
         + " |",
         "|---|---|---|" + "---|---|---|" * len(arms),
     ]
+    later: dict[int, list[float]] = {}  # each gain column's values in the second half
     for step, point in sorted(validation[control].items()):
-        cells = [f"{point[0]:.4f}, {point[1]:.2f}", _signed(equal_rate_gain(anchor, point))]
+        gains = [equal_rate_gain(anchor, point)]
+        cells = [f"{point[0]:.4f}, {point[1]:.2f}", _signed(gains[0])]
         for arm in arms:
             other, window = validation[arm].get(step), training[arm].get(step)
             if other is None or window is None:
+                gains += [math.nan, math.nan]
                 cells += ["not reached", "", ""]
                 continue
-            cells += [f"{other[0]:.4f}, {other[1]:.2f}", _signed(equal_rate_gain(point, other)),
-                      _signed(cost_gain(training[control][step], window))]  # fmt: skip
+            gains += [equal_rate_gain(point, other), cost_gain(training[control][step], window)]
+            cells += [f"{other[0]:.4f}, {other[1]:.2f}", _signed(gains[-2]), _signed(gains[-1])]
         lines.append(f"| {step} | {' | '.join(cells)} |")
+        if step > FINETUNE_CALIBRATION_STEPS / 2:
+            for column, gain in enumerate(gains):
+                later.setdefault(column, []).append(gain)
+    if later:
+        finite = [[value for value in values if math.isfinite(value)] for values in later.values()]
+        means = [_signed(statistics.fmean(values)) if values else "–" for values in finite]
+        cells = ["", means[0]]
+        for index in range(1, len(means), 2):
+            cells += ["", *means[index : index + 2]]
+        lines.append(f"| mean, second half | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

@@ -212,9 +212,12 @@ def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_pa
     assert (tmp_path / "images" / "converged_rd.png").stat().st_size > 10_000
 
 
-def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each_step(args):
+def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each_step(
+    args, monkeypatch
+):
     """At equal rate a PSNR difference is the gain itself; training windows are paired by
-    step; a missing step says so."""
+    step; a missing step says so; the last row averages the second half."""
+    import converged_rd
     from converged_rd import finetune_calibration_folder, finetune_length_report, rd_cost
 
     _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/bpp", [(64000, 0.3)])
@@ -235,6 +238,11 @@ def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each
         "0.3000, 31.95 | -0.100 | +0.000 |"
     )
     assert lines[5].endswith("| +0.100 | +0.200 | not reached |  |  |")
+    # FINETUNE_CALIBRATION_STEPS is 16000: neither step is in the second half
+    assert len(lines) == 6
+    monkeypatch.setattr(converged_rd, "FINETUNE_CALIBRATION_STEPS", 2000)
+    lines = finetune_length_report(args).splitlines()
+    assert lines[-1] == "| mean, second half |  | +0.050 |  | +0.100 | +0.200 |  | – | – |"
 
 
 def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):

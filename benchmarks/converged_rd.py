@@ -458,7 +458,7 @@ def work(args: argparse.Namespace) -> None:
 
 def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[float, float]]:
     """(coded bpp, PSNR) of an arm's coded runs at one seed, by rate."""
-    results = [evaluation(args.out / Run(arm, lm, seed).name) for lm in LAMBDAS]
+    results = [evaluation(args.out / Run(arm, lm, seed).name) for lm in args.lambdas]
     return sorted((r["bpp"], r["psnr"]) for r in results if r is not None)
 
 
@@ -609,7 +609,7 @@ def time_ratios(args: argparse.Namespace) -> list[str]:
     beside the interleaved per-step ratio of the same two methods."""
     lines = []
     for arm, control in CONTROL.items():
-        times = {name: [metrics["train_seconds"] for lm in LAMBDAS for s in args.seeds
+        times = {name: [metrics["train_seconds"] for lm in args.lambdas for s in args.seeds
                         if (metrics := run_metrics(args.out / Run(name, lm, s).name))]
                  for name in (arm, control)}  # fmt: skip
         if arm in args.arms and times[arm] and times[control]:
@@ -625,7 +625,7 @@ def report(args: argparse.Namespace) -> str:
     done = sum(evaluation(args.out / run.name) is not None for run in runs)
     text = [
         f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
-        f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {LAMBDAS}; seeds "
+        f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {tuple(args.lambdas)}; seeds "
         f"{tuple(args.seeds)}; trained on {args.device}.",
         "",
         "Noise floor (the same arm, two seeds):",

@@ -44,7 +44,9 @@ def summary(metrics: dict[str, Any]) -> str:
 def lambda_note(metrics: dict[str, Any]) -> list[str]:
     """Say which trade-off the updates followed, and warn when it is not the user's λ."""
     lmbda, effective = metrics["lambda"], metrics["effective_lambda"]
-    lines = [f"λ = {lmbda}; effective λ of the last steps (λ·w_D/w_R) = {effective:.3g}"]
+    lines = [
+        f"λ = {lmbda}; effective λ of the last steps (λ·mean w_D / mean w_R) = {effective:.3g}"
+    ]
     offset = lambda_offset(lmbda, effective)
     if metrics["balancer"] == "weighted-sum" or metrics.get("target") or offset is None:
         return lines

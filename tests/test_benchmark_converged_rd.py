@@ -360,3 +360,21 @@ def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeyp
         (folder / "metrics.json").write_text(json.dumps({"config": config}))
     with pytest.raises(SystemExit, match=rf"wsplus-l0.0035-s0 \(steps: {FINETUNE_STEPS - 1} →"):
         converged_rd.work(args)
+
+
+def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lambda(args):
+    """Same validation rate, +0.1 dB: a gain of 0.1 dB whatever λ; the ratio is whole-photo
+    rate over crop rate."""
+    from converged_rd import CROP_PROBE_CROPS, crop_probe_folder, crop_probe_report
+
+    for lmbda in (0.00117, 0.0035):
+        for index, crop in enumerate(CROP_PROBE_CROPS):
+            folder = crop_probe_folder(lmbda, crop, args)
+            _log(folder, "val/bpp", [(4000, 0.3)])
+            _log(folder, "val/psnr", [(4000, 30.0 + 0.1 * index)])
+            _log(folder, "train/rate_bpp", [(4000, 0.15)])
+            _log(folder, "train/distortion", [(4000, 0.5)])
+            (folder / "metrics.json").write_text("{}")
+    lines = crop_probe_report(args).splitlines()
+    assert lines[4] == "| 0.00117 | 64² × 8 | 0.3000 | 30.00 | 0.1500 | 2.00 | +0.000 |"
+    assert lines[9] == "| 0.0035 | 256² × 1 | 0.3000 | 30.20 | 0.1500 | 2.00 | +0.200 |"

@@ -2,10 +2,11 @@
 
 Protocol (every choice is a constant below):
 
-* codec: ``mbt2018-mean`` with N = 16, M = 24 (``CODEC``; the calibration also trains
-  N = 32, M = 48), the size whose steps 2 CPU cores can afford;
-  random 64 × 64 crops of ``../shared/data/train`` (4 photos held out for validation),
-  batch 8; Adam lr 1e-3 with cosine decay to 0, aux Adam 1e-3, gradient-norm clip 1.0.
+* codec: ``mbt2018-mean`` with N = 16, M = 24 (``CODEC``; the calibration also trained
+  N = 32, M = 48), the size whose steps 2 CPU cores can afford; random 256 × 256 crops of
+  ``../shared/data/train`` (4 photos held out for validation), batch 1 (64² crops, batch 8,
+  coded whole photos at twice the rate they should: ``--stage probe-crops``); Adam lr 1e-3
+  with cosine decay to 0, aux Adam 1e-3, gradient-norm clip 1.0.
 * calibration (``--stage calibrate``): the weighted sum at λ = 0.0035, seed 0, trained for
   ``CALIBRATION_STEPS`` steps, each run with its own full cosine schedule; a codec is
   converged when the last doubling of steps gained less than 0.1 dB of validation PSNR at
@@ -40,6 +41,8 @@ checkpoint. ``--pack`` writes the results of every finished run into one archive
 GPU machine sends back).
 
     python benchmarks/converged_rd.py --stage calibrate   # first: ≈ 2 h a codec on one core
+    python benchmarks/converged_rd.py --stage probe-crops # the crop size (64² codec)
+    python benchmarks/converged_rd.py --stage calibrate-finetune  # the fine-tuning length
     python benchmarks/converged_rd.py                     # repeat until it prints the tables
     python benchmarks/converged_rd.py --stage report      # the tables from what is coded
     python benchmarks/converged_rd.py --device cuda --jobs 12 --pack runs/converged.tar.gz
@@ -92,9 +95,20 @@ if TYPE_CHECKING:
 CODECS = {
     "N32-M48": {"model": "mbt2018-mean", "N": 32, "M": 48, "patch_size": 64, "batch_size": 8},
     "N16-M24": {"model": "mbt2018-mean", "N": 16, "M": 24, "patch_size": 64, "batch_size": 8},
+    "N16-M24-p256": {
+        "model": "mbt2018-mean",
+        "N": 16,
+        "M": 24,
+        "patch_size": 256,
+        "batch_size": 1,
+    },
 }
-#: N16-M24: cheaper a step than N32-M48, and at 32000 and 64000 steps a lower R-D cost.
-CODEC = "N16-M24"
+#: N16-M24 was cheaper a step than N32-M48 and reached a lower R-D cost at 32000 and 64000
+#: steps, but on 64² crops its hyperprior sees one hyper-latent a crop: whole photos cost it
+#: 1.8–2.3× the crops' rate, and fine-tuning on 256² crops halved their rate at the same
+#: PSNR (``--stage probe-crops``). So the protocol trains on 256² crops, batch 1 (1.2× the
+#: time a step of 8 × 64²).
+CODEC = "N16-M24-p256"
 CALIBRATION_LAMBDA = 0.0035
 CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000, 128000)
 #: Converged: the last doubling of steps gained less than this (dB of PSNR at equal rate).
@@ -108,9 +122,10 @@ SCRATCH_STEPS = 64000
 #: what the budget allows. ``--stage calibrate-finetune`` shows the arms still moving away
 #: from the control on the validation photos after 2000 steps.
 FINETUNE_STEPS = 8000
-#: ×3 apart around the calibration point, where the N16-M24 codec validates at 0.28 bpp:
-#: with bpp ∝ λ^0.5…0.63, about 0.15, 0.28, 0.5, 0.9 bpp.
-LAMBDAS = (0.00117, 0.0035, 0.0105, 0.0315)
+#: CompressAI's zoo λ of qualities 2, 4, 6 and 8 (×3.7 apart): from the calibration point,
+#: where the 256²-crop probe validates at 0.13 bpp, about 0.13, 0.22, 0.4, 0.7 bpp if rate
+#: grows like λ^0.43 as it did between λ 0.00117 and 0.0035.
+LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
 SEEDS = (0, 1, 2)
 
 ARMS = {
@@ -142,9 +157,11 @@ TARGET_WINDOW = 0.1
 #: 1000 steps, to see how their difference to the control grows with the length.
 FINETUNE_CALIBRATION_STEPS = 16000
 FINETUNE_CALIBRATION_ARMS = ("ws+", "eq-qp-t", "c2f-t")
-#: The crop probe (``--stage probe-crops``): seed 0's anchors at these λ fine-tuned by the
-#: weighted sum on crops of each size (the batch keeps the pixels a step at most twice
-#: 8 × 64²), to see whether larger crops code whole photos better than the training crops.
+#: The crop probe (``--stage probe-crops``): seed 0's anchors of ``CROP_PROBE_CODEC`` (64²
+#: crops) at these λ fine-tuned by the weighted sum on crops of each size (the batch keeps
+#: the pixels a step at most twice 8 × 64²), to see whether larger crops code whole photos
+#: better than the training crops.
+CROP_PROBE_CODEC = "N16-M24"
 CROP_PROBE_LAMBDAS = (0.00117, 0.0035)
 CROP_PROBE_CROPS = ((64, 8), (128, 2), (256, 1))
 CROP_PROBE_STEPS = 4000
@@ -191,18 +208,23 @@ def anchor_rate(folder: Path) -> float:
     return round(statistics.fmean(window), 4)
 
 
-def config_for(run: Run, args: argparse.Namespace) -> dict:
+def run_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:
+    """Where a run of the protocol trains ``codec`` (one folder of runs a codec)."""
+    return args.out / codec / run.name
+
+
+def config_for(run: Run, args: argparse.Namespace, codec: str = CODEC) -> dict:
     """The run's full configuration (an arm's target needs its anchor finished)."""
     seed = run.seed + RESEED if run.arm == RESEEDED else run.seed
-    values = {**common_settings(args.out / run.name, run.point, seed, args),
+    values = {**common_settings(run_folder(run, args, codec), run.point, seed, args, codec),
               **ARMS[run.arm].settings()}  # fmt: skip
-    anchor = Run("ws", run.point, run.seed)
+    anchor = run_folder(Run("ws", run.point, run.seed), args, codec)
     if run.arm in TARGETED:
-        values["target_bpp"] = anchor_rate(args.out / anchor.name)
+        values["target_bpp"] = anchor_rate(anchor)
     if run.source(ARMS) is None:
         return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
     return {**values, "steps": FINETUNE_STEPS, "lr": FINETUNE_LR, "lr_schedule": "constant",
-            "init_from": str(args.out / anchor.name / "checkpoint.pt")}  # fmt: skip
+            "init_from": str(anchor / "checkpoint.pt")}  # fmt: skip
 
 
 def all_runs(args: argparse.Namespace) -> list[Run]:
@@ -218,33 +240,35 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
     """Train one run to its end (``values``; None: build them now that the anchor is done),
     then code the evaluation photos once (a worker process)."""
     train_to_end(values if values is not None else config_for(run, args))
-    folder = args.out / run.name
+    folder = run_folder(run, args)
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
 
 
-def finetune_calibration_folder(arm: str, args: argparse.Namespace) -> Path:
-    return args.out / "calibrate-finetune" / Run(arm, CALIBRATION_LAMBDA, 0).name
+def finetune_calibration_folder(arm: str, codec: str, args: argparse.Namespace) -> Path:
+    return args.out / "calibrate-finetune" / codec / Run(arm, CALIBRATION_LAMBDA, 0).name
 
 
 def calibrate_finetune(args: argparse.Namespace) -> None:
-    """Fine-tune the calibration anchor with each of ``FINETUNE_CALIBRATION_ARMS`` for
-    ``FINETUNE_CALIBRATION_STEPS``, then write their validation against the length."""
+    """Fine-tune the calibration anchor of the first of ``--codecs`` with each of
+    ``FINETUNE_CALIBRATION_ARMS`` for ``FINETUNE_CALIBRATION_STEPS``, then write their
+    validation against the length."""
+    codec = args.codecs[0]
     tasks = []
     for arm in FINETUNE_CALIBRATION_ARMS:
-        folder = finetune_calibration_folder(arm, args)
-        values = {**config_for(Run(arm, CALIBRATION_LAMBDA, 0), args), "out": str(folder),
-                  "steps": FINETUNE_CALIBRATION_STEPS}  # fmt: skip
+        folder = finetune_calibration_folder(arm, codec, args)
+        values = {**config_for(Run(arm, CALIBRATION_LAMBDA, 0), args, codec),
+                  "out": str(folder), "steps": FINETUNE_CALIBRATION_STEPS}  # fmt: skip
         tasks.append(Task(f"calibrate-finetune-{arm}", train_to_end, (values,),
                           done=folder_done(folder)))  # fmt: skip
     run_tasks(tasks, args.jobs, args.minutes)
-    text = finetune_length_report(args)
+    text = finetune_length_report(codec, args)
     print(text)
-    write_results("converged_rd_finetune_length", text,
-                  "python benchmarks/converged_rd.py --stage calibrate-finetune")  # fmt: skip
+    write_results(f"converged_rd_finetune_length_{codec}", text, "python benchmarks/"
+                  f"converged_rd.py --stage calibrate-finetune --codecs {codec}")  # fmt: skip
 
 
-def finetune_length_report(args: argparse.Namespace) -> str:
+def finetune_length_report(codec: str, args: argparse.Namespace) -> str:
     """Each fine-tuning arm against the control every 1000 steps: on the validation photos
     (noisy: 4 photos) and on the training crops of the last 1000 steps (the same crops for
     every arm: a paired, quieter measure), as the PSNR gain at equal rate worth the same R-D
@@ -252,15 +276,15 @@ def finetune_length_report(args: argparse.Namespace) -> str:
     control, *arms = FINETUNE_CALIBRATION_ARMS
     validation, training = {}, {}
     for arm in FINETUNE_CALIBRATION_ARMS:
-        folder = finetune_calibration_folder(arm, args)
+        folder = finetune_calibration_folder(arm, codec, args)
         logged = scalar_histories(folder, "val/bpp", "val/psnr")
         validation[arm] = {step: (bpp, psnr) for (step, bpp), (_, psnr)
                            in zip(logged["val/bpp"], logged["val/psnr"], strict=True)}  # fmt: skip
         training[arm] = training_windows(folder, 1000)
-    anchor = last_validation(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name)
+    anchor = last_validation(run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args, codec))
     lines = [
-        f"Fine-tuning the calibration anchor (λ = {CALIBRATION_LAMBDA}, seed 0, "
-        f"{SCRATCH_STEPS} steps; validation {anchor[0]:.4f} bpp, {anchor[1]:.2f} dB) at lr "
+        f"Fine-tuning the calibration anchor of {codec} (λ = {CALIBRATION_LAMBDA}, seed 0, "
+        f"validation {anchor[0]:.4f} bpp, {anchor[1]:.2f} dB) at lr "
         f"{FINETUNE_LR}, constant. Validation: the 4 held-out photos (likelihood rate); "
         "training: the mean over the 1000 steps up to that step (the same crops and noise for "
         "every arm). Gains: PSNR at equal rate worth the same R-D cost J = R + λ·255²·MSE, "
@@ -319,7 +343,8 @@ def probe_crops(args: argparse.Namespace) -> None:
     for lmbda in CROP_PROBE_LAMBDAS:
         for crop in CROP_PROBE_CROPS:
             folder = crop_probe_folder(lmbda, crop, args)
-            values = {**config_for(Run("ws+", lmbda, 0), args), "out": str(folder),
+            fine_tune = config_for(Run("ws+", lmbda, 0), args, CROP_PROBE_CODEC)
+            values = {**fine_tune, "out": str(folder),
                       "patch_size": crop[0], "batch_size": crop[1], "steps": CROP_PROBE_STEPS,
                       "lr": CROP_PROBE_LR}  # fmt: skip
             tasks.append(Task(folder.name, train_to_end, (values,), done=folder_done(folder)))
@@ -335,28 +360,30 @@ def crop_probe_report(args: argparse.Namespace) -> str:
     """Each crop size's whole-photo validation after the probe, its training rate, and its
     validation gain over the anchor's own crops (64 × 64) at the same λ."""
     lines = [
-        f"Seed 0's anchors ({SCRATCH_STEPS} steps on 64 × 64 crops, batch 8) fine-tuned by "
+        f"Seed 0's anchors of {CROP_PROBE_CODEC} (trained on 64 × 64 crops, batch 8) fine-tuned "
+        "by "
         f"the weighted sum for {CROP_PROBE_STEPS} steps at lr {CROP_PROBE_LR}, constant, on "
         "crops of each size. Validation: the 4 held-out photos, whole (likelihood rate); "
-        "training rate: the mean over the last 10 % of steps, on the crops. Gain: the PSNR at "
-        "equal rate worth the same R-D cost at λ, against the 64 × 64 fine-tune.",
+        "training rate: the mean over the last 10 % of steps, on the crops. Δ: against the "
+        "64 × 64 fine-tune at the same λ.",
         "",
         "| λ | crops × batch | validation bpp | validation PSNR (dB) | training bpp | "
-        "validation / training rate | gain (dB) |",
-        "|---|---|---|---|---|---|---|",
+        "validation / training rate | Δ validation rate (%) | Δ validation PSNR (dB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for lmbda in CROP_PROBE_LAMBDAS:
         base = crop_probe_folder(lmbda, CROP_PROBE_CROPS[0], args)
         for crop in CROP_PROBE_CROPS:
             folder = crop_probe_folder(lmbda, crop, args)
             if run_metrics(folder) is None or run_metrics(base) is None:
-                lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | not finished | | | | |")
+                lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | not finished | | | | | |")
                 continue
             bpp, psnr = last_validation(folder)
             rate = training_cost(folder)[0]
-            gain = equal_rate_gain(last_validation(base), (bpp, psnr), lmbda)
+            base_bpp, base_psnr = last_validation(base)
             lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | {bpp:.4f} | {psnr:.2f} | "
-                         f"{rate:.4f} | {bpp / rate:.2f} | {_signed(gain)} |")  # fmt: skip
+                         f"{rate:.4f} | {bpp / rate:.2f} | {100 * (bpp / base_bpp - 1):+.1f} | "
+                         f"{psnr - base_psnr:+.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -428,9 +455,9 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
     lines = [
         f"**{codec}** ({CODECS[codec]}): weighted sum, λ = {CALIBRATION_LAMBDA}, seed 0; each "
         "length with its own cosine schedule to 0. Validation: 4 held-out training photos, "
-        "whole (likelihood rate); training: the mean over the last 10 % of steps (64 × 64 "
-        "crops). J = R + λ·255²·MSE; a doubling's gain is the PSNR gain at equal rate that "
-        "would lower J as much.",
+        "whole (likelihood rate); training: the mean over the last 10 % of steps "
+        f"({CODECS[codec]['patch_size']}² crops). J = R + λ·255²·MSE; a doubling's gain is "
+        "the PSNR gain at equal rate that would lower J as much.",
         "",
         "| steps | validation bpp | validation PSNR (dB) | validation J | its gain (dB) | "
         "training J | its gain (dB) | train s |",
@@ -502,9 +529,9 @@ def work(args: argparse.Namespace) -> None:
     """Train (and code) what is not finished, for at most ``--minutes``."""
     tasks, stale = [], []
     for run in all_runs(args):
-        folder = args.out / run.name
+        folder = run_folder(run, args)
         anchor = Run("ws", run.point, run.seed)
-        after = None if run.arm == "ws" or folder_done(args.out / anchor.name) else anchor.name
+        after = None if run.arm == "ws" or folder_done(run_folder(anchor, args)) else anchor.name
         values = config_for(run, args) if after is None else None
         if values is not None and (changed := trained_otherwise(folder, values)):
             stale.append(f"{run.name} ({'; '.join(changed)})")
@@ -518,7 +545,7 @@ def work(args: argparse.Namespace) -> None:
 
 def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[float, float]]:
     """(coded bpp, PSNR) of an arm's coded runs at one seed, by rate."""
-    results = [evaluation(args.out / Run(arm, lm, seed).name) for lm in args.lambdas]
+    results = [evaluation(run_folder(Run(arm, lm, seed), args)) for lm in args.lambdas]
     return sorted((r["bpp"], r["psnr"]) for r in results if r is not None)
 
 
@@ -619,7 +646,7 @@ def run_table(args: argparse.Namespace) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in all_runs(args):
-        folder = args.out / run.name
+        folder = run_folder(run, args)
         if (message := divergence(folder)) is not None:
             lines.append(f"| {run.name} | diverged: {message} | | | | | | |")
             continue
@@ -670,7 +697,7 @@ def time_ratios(args: argparse.Namespace) -> list[str]:
     lines = []
     for arm, control in CONTROL.items():
         times = {name: [metrics["train_seconds"] for lm in args.lambdas for s in args.seeds
-                        if (metrics := run_metrics(args.out / Run(name, lm, s).name))]
+                        if (metrics := run_metrics(run_folder(Run(name, lm, s), args)))]
                  for name in (arm, control)}  # fmt: skip
         if arm in args.arms and times[arm] and times[control]:
             ratio = statistics.fmean(times[arm]) / statistics.fmean(times[control])
@@ -682,7 +709,7 @@ def time_ratios(args: argparse.Namespace) -> list[str]:
 
 def report(args: argparse.Namespace) -> str:
     runs = all_runs(args)
-    done = sum(evaluation(args.out / run.name) is not None for run in runs)
+    done = sum(evaluation(run_folder(run, args)) is not None for run in runs)
     text = [
         f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
         f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {tuple(args.lambdas)}; seeds "
@@ -766,11 +793,11 @@ def pack(args: argparse.Namespace) -> None:
     """One archive of every finished run's results, final checkpoint and logs."""
     with tarfile.open(args.pack, "w:gz") as archive:
         for run in all_runs(args):
-            folder = args.out / run.name
+            folder = run_folder(run, args)
             for name in ("metrics.json", "evaluation.json", "diverged.json", "checkpoint.pt",
                          "tensorboard"):  # fmt: skip
                 if (folder / name).exists():
-                    archive.add(folder / name, arcname=f"{run.name}/{name}")
+                    archive.add(folder / name, arcname=f"{CODEC}/{run.name}/{name}")
 
 
 def main() -> None:
@@ -787,7 +814,8 @@ def main() -> None:
     parser.add_argument("--lambdas", nargs="+", type=float, default=list(LAMBDAS),
                         choices=LAMBDAS, metavar="λ", help="a subset of the λ grid")  # fmt: skip
     parser.add_argument("--codecs", nargs="+", default=[CODEC], choices=list(CODECS),
-                        help="--stage calibrate: the codecs to calibrate")  # fmt: skip
+                        help="--stage calibrate: the codecs to calibrate; --stage "
+                        "calibrate-finetune: the first one's fine-tuning")  # fmt: skip
     parser.add_argument("--lengths", nargs="+", type=int, default=list(CALIBRATION_STEPS),
                         choices=CALIBRATION_STEPS, metavar="STEPS",
                         help="--stage calibrate: the lengths to train (default: all)")  # fmt: skip

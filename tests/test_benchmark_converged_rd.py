@@ -20,6 +20,7 @@ from converged_rd import (
     calibration_folder,
     calibration_report,
     config_for,
+    run_folder,
 )
 from protocol import FINETUNE_LR, Run
 
@@ -100,7 +101,7 @@ def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):
 
 
 def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
-    anchor = args.out / Run("ws", 0.0045, 1).name
+    anchor = run_folder(Run("ws", 0.0045, 1), args)
     anchor.mkdir(parents=True)
     _log(
         anchor,
@@ -158,7 +159,7 @@ def _coded(args, arm, seed, shift_db):
     from converged_rd import LAMBDAS
 
     for index, lmbda in enumerate(LAMBDAS):
-        folder = args.out / Run(arm, lmbda, seed).name
+        folder = run_folder(Run(arm, lmbda, seed), args)
         folder.mkdir(parents=True)
         bpp = 0.1 * 2**index
         psnr = 30 + 6 * math.log2(bpp / 0.1) + shift_db
@@ -220,18 +221,18 @@ def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each
     import converged_rd
     from converged_rd import finetune_calibration_folder, finetune_length_report, rd_cost
 
-    _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/bpp", [(64000, 0.3)])
-    _log(args.out / Run("ws", CALIBRATION_LAMBDA, 0).name, "val/psnr", [(64000, 32.0)])
+    _log(run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args), "val/bpp", [(64000, 0.3)])
+    _log(run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args), "val/psnr", [(64000, 32.0)])
     arms = (("ws+", 32.05, 30.0, 2), ("eq-qp-t", 32.15, 30.2, 2), ("c2f-t", 31.95, 30.0, 1))
     for arm, psnr, training_psnr, steps in arms:
-        folder = finetune_calibration_folder(arm, args)
+        folder = finetune_calibration_folder(arm, CODEC, args)
         _log(folder, "val/bpp", [(1000 * (i + 1), 0.3) for i in range(steps)])
         _log(folder, "val/psnr", [(1000 * (i + 1), psnr) for i in range(steps)])
         logged = [100 * (i + 1) for i in range(10 * steps)]
         _log(folder, "train/rate_bpp", [(step, 0.25) for step in logged])
         distortion = rd_cost(0.25, training_psnr)[1]
         _log(folder, "train/distortion", [(step, distortion) for step in logged])
-    lines = finetune_length_report(args).splitlines()
+    lines = finetune_length_report(CODEC, args).splitlines()
     assert lines[2].startswith("| steps | ws+ validation bpp, PSNR | its gain (dB) | eq-qp-t ")
     assert lines[4] == (
         "| 1000 | 0.3000, 32.05 | +0.050 | 0.3000, 32.15 | +0.100 | +0.200 | "
@@ -241,7 +242,7 @@ def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each
     # FINETUNE_CALIBRATION_STEPS is 16000: neither step is in the second half
     assert len(lines) == 6
     monkeypatch.setattr(converged_rd, "FINETUNE_CALIBRATION_STEPS", 2000)
-    lines = finetune_length_report(args).splitlines()
+    lines = finetune_length_report(CODEC, args).splitlines()
     assert lines[-1] == "| mean, second half |  | +0.050 |  | +0.100 | +0.200 |  | – | – |"
 
 
@@ -254,12 +255,12 @@ def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
     def record(tasks, jobs, minutes):
         seen.extend(task.args[0] for task in tasks)
 
-    anchor = args.out / Run("ws", CALIBRATION_LAMBDA, 0).name
+    anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args)
     _log(anchor, "train/rate_bpp", [(64000, 0.25)])
-    args.jobs, args.minutes = 3, None
+    args.jobs, args.minutes, args.codecs = 3, None, [CODEC]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(converged_rd, "run_tasks", record)
-        patch.setattr(converged_rd, "finetune_length_report", lambda args: "table")
+        patch.setattr(converged_rd, "finetune_length_report", lambda codec, args: "table")
         patch.setattr(converged_rd, "write_results", lambda *a: None)
         calibrate_finetune(args)
     for arm, values in zip(FINETUNE_CALIBRATION_ARMS, seen, strict=True):
@@ -271,7 +272,7 @@ def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
 def test_the_reseeded_control_draws_its_data_by_another_seed(args):
     from converged_rd import RESEED, RESEEDED
 
-    anchor = args.out / Run("ws", 0.0035, 1).name
+    anchor = run_folder(Run("ws", 0.0035, 1), args)
     control = config_for(Run("ws+", 0.0035, 1), args)
     reseeded = config_for(Run(RESEEDED, 0.0035, 1), args)
     assert control["seed"] == 1 and reseeded["seed"] == 1 + RESEED
@@ -312,8 +313,8 @@ def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_ima
     lmbda = converged_rd.LAMBDAS[0]
     for arm in ("ws", "ws+", "eq-qp-t"):
         converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
-    anchor = args.out / Run("ws", lmbda, 0).name
-    fine_tune = _metrics_of(args.out / Run("eq-qp-t", lmbda, 0).name)
+    anchor = run_folder(Run("ws", lmbda, 0), args)
+    fine_tune = _metrics_of(run_folder(Run("eq-qp-t", lmbda, 0), args))
     assert fine_tune["target"]["value"] == pytest.approx(anchor_rate(anchor), abs=1e-4)
     assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
     text = converged_rd.report(args)
@@ -354,7 +355,7 @@ def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeyp
     )
     args.no_coding = True
     for arm, steps in (("ws", SCRATCH_STEPS), ("ws+", FINETUNE_STEPS - 1)):
-        folder = args.out / Run(arm, 0.0035, 0).name
+        folder = run_folder(Run(arm, 0.0035, 0), args)
         folder.mkdir(parents=True)
         config = {**config_for(Run(arm, 0.0035, 0), args), "steps": steps}
         (folder / "metrics.json").write_text(json.dumps({"config": config}))
@@ -363,8 +364,7 @@ def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeyp
 
 
 def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lambda(args):
-    """Same validation rate, +0.1 dB: a gain of 0.1 dB whatever λ; the ratio is whole-photo
-    rate over crop rate."""
+    """Each crop size against 64² at its λ; the ratio is whole-photo rate over crop rate."""
     from converged_rd import CROP_PROBE_CROPS, crop_probe_folder, crop_probe_report
 
     for lmbda in (0.00117, 0.0035):
@@ -376,5 +376,5 @@ def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lamb
             _log(folder, "train/distortion", [(4000, 0.5)])
             (folder / "metrics.json").write_text("{}")
     lines = crop_probe_report(args).splitlines()
-    assert lines[4] == "| 0.00117 | 64² × 8 | 0.3000 | 30.00 | 0.1500 | 2.00 | +0.000 |"
-    assert lines[9] == "| 0.0035 | 256² × 1 | 0.3000 | 30.20 | 0.1500 | 2.00 | +0.200 |"
+    assert lines[4] == "| 0.00117 | 64² × 8 | 0.3000 | 30.00 | 0.1500 | 2.00 | +0.0 | +0.00 |"
+    assert lines[9] == "| 0.0035 | 256² × 1 | 0.3000 | 30.20 | 0.1500 | 2.00 | +0.0 | +0.20 |"

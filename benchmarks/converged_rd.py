@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tarfile
@@ -227,6 +228,21 @@ def config_for(run: Run, args: argparse.Namespace, codec: str = CODEC) -> dict:
             "init_from": str(anchor / "checkpoint.pt")}  # fmt: skip
 
 
+def link_calibration_anchor(args: argparse.Namespace, codec: str = CODEC) -> None:
+    """Let the calibration run of ``SCRATCH_STEPS`` be the anchor at the calibration λ and
+    seed 0 (a link, not a second training of the same run), if it finished with exactly the
+    anchor's settings and the anchor has no folder yet."""
+    anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)
+    calibrated = calibration_folder(codec, SCRATCH_STEPS, args)
+    settings = config_for(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)
+    if anchor.exists() or anchor.is_symlink() or run_metrics(calibrated) is None:
+        return
+    if trained_otherwise(calibrated, settings):
+        return
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    anchor.symlink_to(os.path.relpath(calibrated, anchor.parent))
+
+
 def all_runs(args: argparse.Namespace) -> list[Run]:
     """The anchors first (every other run needs one), then the fine-tunes by seed (short:
     every arm has results early), then the other arms from scratch."""
@@ -254,6 +270,7 @@ def calibrate_finetune(args: argparse.Namespace) -> None:
     ``FINETUNE_CALIBRATION_ARMS`` for ``FINETUNE_CALIBRATION_STEPS``, then write their
     validation against the length."""
     codec = args.codecs[0]
+    link_calibration_anchor(args, codec)
     tasks = []
     for arm in FINETUNE_CALIBRATION_ARMS:
         folder = finetune_calibration_folder(arm, codec, args)
@@ -527,6 +544,7 @@ def _shown_gain(gain: float) -> str:
 
 def work(args: argparse.Namespace) -> None:
     """Train (and code) what is not finished, for at most ``--minutes``."""
+    link_calibration_anchor(args)
     tasks, stale = [], []
     for run in all_runs(args):
         folder = run_folder(run, args)

@@ -152,6 +152,25 @@ def test_calibration_matches_the_anchor_protocol(args):
     assert differing == {"out", "features"} or differing == {"out"}
 
 
+def test_the_finished_calibration_run_of_the_protocols_length_is_the_first_anchor(args):
+    """Linked, not trained twice, and only if its settings are the anchor's."""
+    from converged_rd import link_calibration_anchor
+
+    anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args)
+    calibrated = calibration_folder(CODEC, SCRATCH_STEPS, args)
+    calibrated.mkdir(parents=True)
+    settings = {**calibration_config(CODEC, SCRATCH_STEPS, args), "lr": 2e-3}
+    (calibrated / "metrics.json").write_text(json.dumps({"config": settings}))
+    link_calibration_anchor(args)
+    assert not anchor.exists()  # trained otherwise: the anchor trains on its own
+    settings = calibration_config(CODEC, SCRATCH_STEPS, args)
+    (calibrated / "metrics.json").write_text(json.dumps({"config": settings}))
+    link_calibration_anchor(args)
+    assert anchor.is_symlink() and anchor.resolve() == calibrated.resolve()
+    link_calibration_anchor(args)  # already there: left alone
+    assert anchor.resolve() == calibrated.resolve()
+
+
 def _coded(args, arm, seed, shift_db):
     """A coded run at every λ: PSNR = 30 + 6·log2(bpp / 0.1) + shift."""
     import math

@@ -117,7 +117,8 @@ CONVERGED_GAIN_DB = 0.1
 #: The seed-to-seed spread below which a comparison can tell a 2 % effect.
 NOISE_TARGET_DB = 0.1
 NOISE_TARGET_PERCENT = 1.0
-#: Where the training objective settled (the calibration; whole photos still improve after it).
+#: Provisional: where the 64²-crop codec's training objective settled. The 256²-crop codec
+#: has not settled by 128000 steps (the calibration); set this from the codec that does.
 SCRATCH_STEPS = 64000
 #: The paper fine-tunes 50 epochs after 100–150 from scratch (a third or more); an eighth is
 #: what the budget allows. ``--stage calibrate-finetune`` shows the arms still moving away

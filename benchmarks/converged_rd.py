@@ -847,17 +847,14 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, help="also write the finished runs to this .tar.gz")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.stage == "calibrate":
-        calibrate(args)
-        return
-    if args.stage == "calibration":
-        write_calibration(args)
-        return
-    if args.stage == "calibrate-finetune":
-        calibrate_finetune(args)
-        return
-    if args.stage == "probe-crops":
-        probe_crops(args)
+    calibrations = {
+        "calibrate": calibrate,
+        "calibration": write_calibration,
+        "calibrate-finetune": calibrate_finetune,
+        "probe-crops": probe_crops,
+    }
+    if args.stage in calibrations:
+        calibrations[args.stage](args)
         return
     if args.stage == "all":
         work(args)

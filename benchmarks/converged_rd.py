@@ -383,25 +383,28 @@ def crop_probe_report(args: argparse.Namespace) -> str:
         f"the weighted sum for {CROP_PROBE_STEPS} steps at lr {CROP_PROBE_LR}, constant, on "
         "crops of each size. Validation: the 4 held-out photos, whole (likelihood rate); "
         "training rate: the mean over the last 10 % of steps, on the crops. Δ: against the "
-        "64 × 64 fine-tune at the same λ.",
+        "64 × 64 fine-tune at the same λ. Time: two runs at a time, one core each.",
         "",
         "| λ | crops × batch | validation bpp | validation PSNR (dB) | training bpp | "
-        "validation / training rate | Δ validation rate (%) | Δ validation PSNR (dB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "validation / training rate | Δ validation rate (%) | Δ validation PSNR (dB) | "
+        "ms a step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lmbda in CROP_PROBE_LAMBDAS:
         base = crop_probe_folder(lmbda, CROP_PROBE_CROPS[0], args)
         for crop in CROP_PROBE_CROPS:
             folder = crop_probe_folder(lmbda, crop, args)
-            if run_metrics(folder) is None or run_metrics(base) is None:
-                lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | not finished | | | | | |")
+            metrics = run_metrics(folder)
+            if metrics is None or run_metrics(base) is None:
+                lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | not finished | | | | | | |")
                 continue
+            step_ms = 1000 * metrics["train_seconds"] / CROP_PROBE_STEPS
             bpp, psnr = last_validation(folder)
             rate = training_cost(folder)[0]
             base_bpp, base_psnr = last_validation(base)
             lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | {bpp:.4f} | {psnr:.2f} | "
                          f"{rate:.4f} | {bpp / rate:.2f} | {100 * (bpp / base_bpp - 1):+.1f} | "
-                         f"{psnr - base_psnr:+.2f} |")  # fmt: skip
+                         f"{psnr - base_psnr:+.2f} | {step_ms:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -393,7 +393,11 @@ def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lamb
             _log(folder, "val/psnr", [(4000, 30.0 + 0.1 * index)])
             _log(folder, "train/rate_bpp", [(4000, 0.15)])
             _log(folder, "train/distortion", [(4000, 0.5)])
-            (folder / "metrics.json").write_text("{}")
+            (folder / "metrics.json").write_text(json.dumps({"train_seconds": 100.0}))
     lines = crop_probe_report(args).splitlines()
-    assert lines[4] == "| 0.00117 | 64² × 8 | 0.3000 | 30.00 | 0.1500 | 2.00 | +0.0 | +0.00 |"
-    assert lines[9] == "| 0.0035 | 256² × 1 | 0.3000 | 30.20 | 0.1500 | 2.00 | +0.0 | +0.20 |"
+    assert (
+        lines[4] == "| 0.00117 | 64² × 8 | 0.3000 | 30.00 | 0.1500 | 2.00 | +0.0 | +0.00 | 25.0 |"
+    )
+    assert (
+        lines[9] == "| 0.0035 | 256² × 1 | 0.3000 | 30.20 | 0.1500 | 2.00 | +0.0 | +0.20 | 25.0 |"
+    )

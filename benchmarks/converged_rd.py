@@ -103,6 +103,14 @@ CODECS = {
         "patch_size": 256,
         "batch_size": 1,
     },
+    # a candidate: 4 images a step at the pixels of one 256² crop
+    "N16-M24-p128b4": {
+        "model": "mbt2018-mean",
+        "N": 16,
+        "M": 24,
+        "patch_size": 128,
+        "batch_size": 4,
+    },
 }
 #: N16-M24 was cheaper a step than N32-M48 and reached a lower R-D cost at 32000 and 64000
 #: steps, but on 64² crops its hyperprior sees one hyper-latent a crop: whole photos cost it

@@ -243,10 +243,9 @@ def link_calibration_anchor(args: argparse.Namespace, codec: str = CODEC) -> Non
     anchor's settings and the anchor has no folder yet."""
     anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)
     calibrated = calibration_folder(codec, SCRATCH_STEPS, args)
-    settings = config_for(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)
     if anchor.exists() or anchor.is_symlink() or run_metrics(calibrated) is None:
         return
-    if trained_otherwise(calibrated, settings):
+    if trained_otherwise(calibrated, config_for(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)):
         return
     anchor.parent.mkdir(parents=True, exist_ok=True)
     anchor.symlink_to(os.path.relpath(calibrated, anchor.parent))
@@ -384,11 +383,10 @@ def probe_crops(args: argparse.Namespace) -> None:
 
 def crop_probe_report(args: argparse.Namespace) -> str:
     """Each crop size's whole-photo validation after the probe, its training rate, and its
-    validation gain over the anchor's own crops (64 × 64) at the same λ."""
+    validation rate and PSNR against the anchor's own crops (64 × 64) at the same λ."""
     lines = [
         f"Seed 0's anchors of {CROP_PROBE_CODEC} (trained on 64 × 64 crops, batch 8) fine-tuned "
-        "by "
-        f"the weighted sum for {CROP_PROBE_STEPS} steps at lr {CROP_PROBE_LR}, constant, on "
+        f"by the weighted sum for {CROP_PROBE_STEPS} steps at lr {CROP_PROBE_LR}, constant, on "
         "crops of each size. Validation: the 4 held-out photos, whole (likelihood rate); "
         "training rate: the mean over the last 10 % of steps, on the crops. Δ: against the "
         "64 × 64 fine-tune at the same λ. Time: two runs at a time, one core each.",
@@ -400,16 +398,17 @@ def crop_probe_report(args: argparse.Namespace) -> str:
     ]
     for lmbda in CROP_PROBE_LAMBDAS:
         base = crop_probe_folder(lmbda, CROP_PROBE_CROPS[0], args)
+        base_point = last_validation(base) if run_metrics(base) is not None else None
         for crop in CROP_PROBE_CROPS:
             folder = crop_probe_folder(lmbda, crop, args)
             metrics = run_metrics(folder)
-            if metrics is None or run_metrics(base) is None:
+            if metrics is None or base_point is None:
                 lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | not finished | | | | | | |")
                 continue
             step_ms = 1000 * metrics["train_seconds"] / CROP_PROBE_STEPS
             bpp, psnr = last_validation(folder)
             rate = training_cost(folder)[0]
-            base_bpp, base_psnr = last_validation(base)
+            base_bpp, base_psnr = base_point
             lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | {bpp:.4f} | {psnr:.2f} | "
                          f"{rate:.4f} | {bpp / rate:.2f} | {100 * (bpp / base_bpp - 1):+.1f} | "
                          f"{psnr - base_psnr:+.2f} | {step_ms:.1f} |")  # fmt: skip

@@ -41,8 +41,7 @@ def mean_effective_lambda(lmbda: float, weights: Sequence[Sequence[float]]) -> f
     """
     if len(weights) == 0:
         return math.nan
-    w_rate, w_distortion = np.mean(np.asarray(weights, dtype=float), axis=0)
-    return effective_lambda(lmbda, np.array([w_rate, w_distortion]))
+    return effective_lambda(lmbda, np.mean(np.asarray(weights, dtype=float), axis=0))
 
 
 def lambda_offset(lmbda: float, effective: float) -> str | None:

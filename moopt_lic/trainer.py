@@ -171,9 +171,8 @@ class Trainer:
         self.target: Target | None = target_of(config.target_bpp, config.target_psnr, config.lmbda)
         self.target_history = None if self.target is None else TargetHistory(self.target)
         self.step = 0
-        self.recent_weights: list[
-            list[float]
-        ] = []  # (w_R, w_D) of the last EFFECTIVE_LAMBDA_WINDOW
+        # (w_R, w_D) of the last EFFECTIVE_LAMBDA_WINDOW steps
+        self.recent_weights: list[list[float]] = []
         self.warned_lambda = False
         self.best: dict[str, float] | None = None
         self.elapsed = 0.0

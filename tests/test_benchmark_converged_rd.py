@@ -299,15 +299,24 @@ def test_the_reseeded_control_draws_its_data_by_another_seed(args):
     assert {key for key in control if control[key] != reseeded[key]} == {"seed", "out"}
 
 
-def test_the_budget_counts_every_run_at_the_cheapest_measured_step(args):
+def test_the_budget_counts_every_run_at_its_arms_measured_step(args, monkeypatch):
+    import converged_rd
     from converged_rd import budget
 
+    # every balanced arm 1.5× the weighted sum's step, coarse-to-fine 2×
+    ratios = {"c2f-t": 2.0, "c2f-scratch-t": 2.0, "eq-qp": 1.5, "eq-qp-t": 1.5,
+              "eq-qp-f-t": 1.5, "nash-mtl-t": 1.5, "imtl-g-t": 1.5}  # fmt: skip
+    monkeypatch.setattr(converged_rd, "interleaved_ratio",
+                        lambda arm, control: ratios.get(arm, 1.0))  # fmt: skip
     _finished(calibration_folder(CODEC, 2000, args), 0.3, 25.0, seconds=40.0)  # 20 ms a step
     _finished(calibration_folder(CODEC, 4000, args), 0.3, 26.0, seconds=400.0)  # shared cores
     (line,) = budget(CODEC, args)
-    # 24 runs from scratch × 16000 steps + 96 fine-tunes × FINETUNE_STEPS, at 20 ms
-    assert line.startswith("Cost: 20.0 ms a step on one core (the 2000-step run)")
-    hours = [(24 * 1000 * k + 96 * FINETUNE_STEPS) * 0.02 / 3600 for k in (16, 32, 64, 128)]
+    assert line.startswith("Cost: 20.0 ms a weighted-sum step on one core (the 2000-step run)")
+    assert "(24 runs from scratch, 96 fine-tunes of" in line
+    # 12 anchors at 1× and 12 c2f-scratch-t at 2×; 12 × (ws+, ws+' at 1×, 5 arms at 1.5×,
+    # c2f-t at 2×) fine-tunes
+    finetunes = 12 * FINETUNE_STEPS * (2 * 1.0 + 5 * 1.5 + 2.0)
+    hours = [(12 * 1000 * k * 3.0 + finetunes) * 0.02 / 3600 for k in (16, 32, 64, 128)]
     shown = [f"{k}000: {h:.0f} h" for k, h in zip((16, 32, 64, 128), hours, strict=True)]
     assert ", ".join(shown) + "." in line
 

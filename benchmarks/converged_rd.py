@@ -137,6 +137,9 @@ FINETUNE_STEPS = 8000
 #: where the 256²-crop probe validates at 0.13 bpp, about 0.13, 0.22, 0.4, 0.7 bpp if rate
 #: grows like λ^0.43 as it did between λ 0.00117 and 0.0035.
 LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
+#: The validation rates the anchors should span (bpp), about: each end within this factor.
+RATE_SPAN = (0.1, 0.8)
+RATE_SLACK = 1.5
 SEEDS = (0, 1, 2)
 
 ARMS = {
@@ -674,6 +677,32 @@ def arm_table(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def operating_points(args: argparse.Namespace) -> str:
+    """The anchors' validation rate by λ (mean over the finished seeds), and whether the λ
+    grid spans ``RATE_SPAN``: judged on the held-out training photos, never on the
+    evaluation photos."""
+    rates: dict[float, list[float]] = {}
+    for lmbda in args.lambdas:
+        for seed in args.seeds:
+            folder = run_folder(Run("ws", lmbda, seed), args)
+            if run_metrics(folder) is not None:
+                rates.setdefault(lmbda, []).append(last_validation(folder)[0])
+    if not rates:
+        return "Operating points: no anchor finished."
+    shown = ", ".join(f"λ {lmbda}: {statistics.fmean(values):.3f} ({len(values)} seed"
+                      f"{'s' * (len(values) > 1)})" for lmbda, values in rates.items())  # fmt: skip
+    low, high = RATE_SPAN
+    means = [statistics.fmean(values) for values in rates.values()]
+    if len(rates) < len(args.lambdas):
+        verdict = "not every λ has an anchor yet"
+    elif min(means) <= RATE_SLACK * low and max(means) >= high / RATE_SLACK:
+        verdict = f"spans about {low}–{high} bpp"
+    else:
+        verdict = f"does not span about {low}–{high} bpp: choose other λ"
+    return (f"Operating points (anchors' validation bpp, mean over seeds): {shown}; the grid "
+            f"{verdict}.")  # fmt: skip
+
+
 def run_table(args: argparse.Namespace) -> list[str]:
     """Every run: target and rate held, coded bpp and PSNR, effective λ, weights, time."""
     lines = [
@@ -751,6 +780,8 @@ def report(args: argparse.Namespace) -> str:
         f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
         f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {tuple(args.lambdas)}; seeds "
         f"{tuple(args.seeds)}; trained on {args.device}.",
+        "",
+        operating_points(args),
         "",
         "Noise floor (the same arm, two seeds):",
         "",

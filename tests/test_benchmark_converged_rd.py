@@ -1,24 +1,26 @@
-"""converged_rd's decisions: when a codec counts as converged, which rate an arm holds, and
-what each run is configured with."""
+"""The converged-codec reproduction's decisions: when a codec counts as converged, which rate
+an arm holds, what each run is configured with, and what the report compares."""
 
 import argparse
 import json
 import math
 
 import pytest
-from converged_rd import (
+from converged_rd_calibration import calibration_report
+from converged_rd_protocol import (
     ARMS,
     CALIBRATION_LAMBDA,
     CODEC,
     CONTROL,
     FINETUNE_STEPS,
+    LAMBDAS,
+    RESEEDED,
     SCRATCH_STEPS,
     TARGETED,
     all_runs,
     anchor_rate,
     calibration_config,
     calibration_folder,
-    calibration_report,
     config_for,
     run_folder,
 )
@@ -36,7 +38,7 @@ def _log(folder, tag, points):
 
 def _finished(folder, bpp, psnr, seconds=1.0, training=None):
     """A finished calibration run; its training objective is the validation's unless given."""
-    from converged_rd import rd_cost
+    from converged_rd_calibration import rd_cost
 
     rate, distortion = training or (bpp, rd_cost(bpp, psnr)[1])
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,8 +51,6 @@ def _finished(folder, bpp, psnr, seconds=1.0, training=None):
 
 @pytest.fixture
 def args(tmp_path):
-    from converged_rd import LAMBDAS
-
     return argparse.Namespace(out=tmp_path, device="cpu", threads=1, lambdas=list(LAMBDAS))
 
 
@@ -85,7 +85,7 @@ def test_a_doubling_that_loses_is_no_convergence(args):
 def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):
     """At the same PSNR, a doubling that saves rate is progress: the gain is the PSNR at
     equal rate that the lower R-D cost is worth."""
-    from converged_rd import equal_rate_gain, rd_cost
+    from converged_rd_calibration import equal_rate_gain, rd_cost
 
     for steps, bpp in ((8000, 0.30), (16000, 0.27)):
         _finished(calibration_folder(CODEC, steps, args), bpp, 27.5)
@@ -154,7 +154,7 @@ def test_calibration_matches_the_anchor_protocol(args):
 
 def test_the_finished_calibration_run_of_the_protocols_length_is_the_first_anchor(args):
     """Linked, not trained twice, and only if its settings are the anchor's."""
-    from converged_rd import link_calibration_anchor
+    from converged_rd_protocol import link_calibration_anchor
 
     anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args)
     calibrated = calibration_folder(CODEC, SCRATCH_STEPS, args)
@@ -175,8 +175,6 @@ def _coded(args, arm, seed, shift_db):
     """A coded run at every λ: PSNR = 30 + 6·log2(bpp / 0.1) + shift."""
     import math
 
-    from converged_rd import LAMBDAS
-
     for index, lmbda in enumerate(LAMBDAS):
         folder = run_folder(Run(arm, lmbda, seed), args)
         folder.mkdir(parents=True)
@@ -186,7 +184,7 @@ def _coded(args, arm, seed, shift_db):
 
 
 def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
-    from converged_rd import RESEEDED, arm_table, noise_floor
+    from converged_rd_report import arm_table, noise_floor
 
     args.seeds, args.arms = [0, 1], ["ws", "ws+", RESEEDED, "eq-qp"]
     for seed, shift in ((0, 0.0), (1, 0.05)):
@@ -209,26 +207,26 @@ def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
 
 
 def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_path, monkeypatch):
-    import converged_rd
+    import converged_rd_report
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    args.seeds, args.arms = [0, 1], ["ws", "ws+", converged_rd.RESEEDED, "eq-qp"]
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", RESEEDED, "eq-qp"]
     for seed, shift in ((0, 0.0), (1, 0.05)):
         _coded(args, "ws", seed, shift)
         _coded(args, "ws+", seed, shift + 0.2)
-        _coded(args, converged_rd.RESEEDED, seed, shift + 0.2 - (0.02 if seed else 0.01))
+        _coded(args, RESEEDED, seed, shift + 0.2 - (0.02 if seed else 0.01))
         _coded(args, "eq-qp", seed, shift + 0.2 + (0.3 if seed else 0.1))
     _, axis = plt.subplots()
-    converged_rd.plot_deltas(axis, args)
+    converged_rd_report.plot_deltas(axis, args)
     dots = [(line.get_xdata()[0], line.get_ydata()[0]) for line in axis.lines[:-1]]
     assert dots == [(0, pytest.approx(0.1)), (0, pytest.approx(0.3))]
     (band,) = axis.collections  # ± the fine-tuning floor (0.02 dB) around eq-qp
     assert band.get_paths()[0].vertices[:, 1].max() == pytest.approx(0.02)
-    monkeypatch.setattr(converged_rd, "IMAGES", tmp_path / "images")
-    converged_rd.plot(args)
+    monkeypatch.setattr(converged_rd_report, "IMAGES", tmp_path / "images")
+    converged_rd_report.plot(args)
     assert (tmp_path / "images" / "converged_rd.png").stat().st_size > 10_000
 
 
@@ -237,8 +235,12 @@ def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each
 ):
     """At equal rate a PSNR difference is the gain itself; training windows are paired by
     step; a missing step says so; the last row averages the second half."""
-    import converged_rd
-    from converged_rd import finetune_calibration_folder, finetune_length_report, rd_cost
+    import converged_rd_calibration
+    from converged_rd_calibration import (
+        finetune_calibration_folder,
+        finetune_length_report,
+        rd_cost,
+    )
 
     _log(run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args), "val/bpp", [(64000, 0.3)])
     _log(run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args), "val/psnr", [(64000, 32.0)])
@@ -260,14 +262,14 @@ def test_the_fine_tuning_length_table_compares_each_arm_with_the_control_at_each
     assert lines[5].endswith("| +0.100 | +0.200 | not reached |  |  |")
     # FINETUNE_CALIBRATION_STEPS is 16000: neither step is in the second half
     assert len(lines) == 6
-    monkeypatch.setattr(converged_rd, "FINETUNE_CALIBRATION_STEPS", 2000)
+    monkeypatch.setattr(converged_rd_calibration, "FINETUNE_CALIBRATION_STEPS", 2000)
     lines = finetune_length_report(CODEC, args).splitlines()
     assert lines[-1] == "| mean, second half |  | +0.050 |  | +0.100 | +0.200 |  | – | – |"
 
 
 def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
-    import converged_rd
-    from converged_rd import FINETUNE_CALIBRATION_ARMS, calibrate_finetune
+    import converged_rd_calibration
+    from converged_rd_calibration import FINETUNE_CALIBRATION_ARMS, calibrate_finetune
 
     seen = []
 
@@ -278,9 +280,9 @@ def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
     _log(anchor, "train/rate_bpp", [(64000, 0.25)])
     args.jobs, args.minutes, args.codecs = 3, None, [CODEC]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(converged_rd, "run_tasks", record)
-        patch.setattr(converged_rd, "finetune_length_report", lambda codec, args: "table")
-        patch.setattr(converged_rd, "write_results", lambda *a: None)
+        patch.setattr(converged_rd_calibration, "run_tasks", record)
+        patch.setattr(converged_rd_calibration, "finetune_length_report", lambda c, a: "table")
+        patch.setattr(converged_rd_calibration, "write_results", lambda *a: None)
         calibrate_finetune(args)
     for arm, values in zip(FINETUNE_CALIBRATION_ARMS, seen, strict=True):
         protocol = config_for(Run(arm, CALIBRATION_LAMBDA, 0), args)
@@ -289,7 +291,7 @@ def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
 
 
 def test_the_reseeded_control_draws_its_data_by_another_seed(args):
-    from converged_rd import RESEED, RESEEDED
+    from converged_rd_protocol import RESEED
 
     anchor = run_folder(Run("ws", 0.0035, 1), args)
     control = config_for(Run("ws+", 0.0035, 1), args)
@@ -300,13 +302,13 @@ def test_the_reseeded_control_draws_its_data_by_another_seed(args):
 
 
 def test_the_budget_counts_every_run_at_its_arms_measured_step(args, monkeypatch):
-    import converged_rd
-    from converged_rd import budget
+    import converged_rd_calibration
+    from converged_rd_calibration import budget
 
     # every balanced arm 1.5× the weighted sum's step, coarse-to-fine 2×
     ratios = {"c2f-t": 2.0, "c2f-scratch-t": 2.0, "eq-qp": 1.5, "eq-qp-t": 1.5,
               "eq-qp-f-t": 1.5, "nash-mtl-t": 1.5, "imtl-g-t": 1.5}  # fmt: skip
-    monkeypatch.setattr(converged_rd, "interleaved_ratio",
+    monkeypatch.setattr(converged_rd_calibration, "interleaved_ratio",
                         lambda arm, control: ratios.get(arm, 1.0))  # fmt: skip
     _finished(calibration_folder(CODEC, 2000, args), 0.3, 25.0, seconds=40.0)  # 20 ms a step
     _finished(calibration_folder(CODEC, 4000, args), 0.3, 26.0, seconds=400.0)  # shared cores
@@ -326,26 +328,27 @@ def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_ima
     """The anchor trains and is coded; the fine-tune holds the anchor's rate from its log;
     the report shows both (in-process: a tiny codec on the test photos)."""
     import converged_rd
+    import converged_rd_protocol
+    import converged_rd_report
 
     from moopt_lic.data import ImageSet
 
     tiny = {"model": "mbt2018-mean", "N": 8, "M": 8, "patch_size": 64, "batch_size": 2}
-    monkeypatch.setattr(converged_rd, "CODECS", {CODEC: tiny})
-    monkeypatch.setattr(converged_rd, "DATA", test_images.parent)
-    monkeypatch.setattr(converged_rd, "HOLDOUT", 1)
-    monkeypatch.setattr(converged_rd, "SCRATCH_STEPS", 4)
-    monkeypatch.setattr(converged_rd, "FINETUNE_STEPS", 2)
+    settings = {"CODECS": {CODEC: tiny}, "DATA": test_images.parent, "HOLDOUT": 1,
+                "SCRATCH_STEPS": 4, "FINETUNE_STEPS": 2}  # fmt: skip
+    for name, value in settings.items():
+        monkeypatch.setattr(converged_rd_protocol, name, value)
     monkeypatch.setattr(converged_rd, "eval_images", lambda: ImageSet.from_folder(test_images))
-    monkeypatch.setattr(converged_rd, "plot", lambda args: None)
+    monkeypatch.setattr(converged_rd_report, "plot", lambda args: None)
     args.seeds, args.arms, args.no_coding = [0], ["ws", "ws+", "eq-qp-t"], False
-    lmbda = converged_rd.LAMBDAS[0]
+    lmbda = LAMBDAS[0]
     for arm in ("ws", "ws+", "eq-qp-t"):
         converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
     anchor = run_folder(Run("ws", lmbda, 0), args)
     fine_tune = _metrics_of(run_folder(Run("eq-qp-t", lmbda, 0), args))
     assert fine_tune["target"]["value"] == pytest.approx(anchor_rate(anchor), abs=1e-4)
     assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
-    text = converged_rd.report(args)
+    text = converged_rd_report.report(args)
     assert "3 of 12 runs coded" in text
     assert f"| {Run('eq-qp-t', lmbda, 0).name} | {fine_tune['target']['value']:.4f} |" in text
 
@@ -357,7 +360,7 @@ def _metrics_of(folder):
 def test_every_compared_arm_has_its_method_in_the_interleaved_timing():
     import statistics
 
-    from converged_rd import OVERHEAD_TIMES, interleaved_ratio
+    from converged_rd_protocol import OVERHEAD_TIMES, interleaved_ratio
 
     times = json.loads(OVERHEAD_TIMES.read_text())["times"]
     for arm, control in CONTROL.items():
@@ -393,7 +396,7 @@ def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeyp
 
 def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lambda(args):
     """Each crop size against 64² at its λ; the ratio is whole-photo rate over crop rate."""
-    from converged_rd import CROP_PROBE_CROPS, crop_probe_folder, crop_probe_report
+    from converged_rd_calibration import CROP_PROBE_CROPS, crop_probe_folder, crop_probe_report
 
     for lmbda in (0.00117, 0.0035):
         for index, crop in enumerate(CROP_PROBE_CROPS):
@@ -413,7 +416,7 @@ def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lamb
 
 
 def test_the_lambda_grid_is_judged_by_the_anchors_validation_rate(args):
-    from converged_rd import operating_points
+    from converged_rd_report import operating_points
 
     args.seeds = [0, 1]
     assert operating_points(args) == "Operating points: no anchor finished."

@@ -1,0 +1,224 @@
+"""The converged-codec reproduction's protocol (``benchmarks/converged_rd.py``): every
+choice as a constant, and the configuration of each run it trains.
+
+Protocol:
+
+* codec: ``mbt2018-mean`` with N = 16, M = 24 (``CODEC``; the calibration also trained
+  N = 32, M = 48), the size whose steps 2 CPU cores can afford; random 128 × 128 crops of
+  ``../shared/data/train`` (4 photos held out for validation), batch 4 (64² crops, batch 8,
+  coded whole photos at twice the rate they should: ``--stage probe-crops``; 256² crops,
+  batch 1, had not converged by 128000 steps); Adam lr 1e-3
+  with cosine decay to 0, aux Adam 1e-3, gradient-norm clip 1.0.
+* calibration (``--stage calibrate``): the weighted sum at λ = 0.0035, seed 0, trained for
+  ``CALIBRATION_STEPS`` steps, each run with its own full cosine schedule; a codec is
+  converged when the last doubling of steps gained less than 0.1 dB of validation PSNR at
+  equal rate (the doubling's saving of R-D cost J = R + λ·255²·MSE, counted in dB of
+  distortion: runs of different lengths land at different rates, so PSNR alone misleads).
+  The smallest converged length is ``SCRATCH_STEPS``:
+  ``benchmarks/results/converged_rd_calibration.md``.
+* anchors ``ws``: the weighted sum from scratch for ``SCRATCH_STEPS`` at 4 λ (``LAMBDAS``,
+  chosen from the calibration's validation rate to span about 0.1–0.8 bpp) and 3 seeds,
+  **paired**: a seed fixes the initial weights, the data order, the crops and the
+  quantisation noise of every arm, so arms differ only by how they train.
+* fine-tunes of each anchor for ``FINETUNE_STEPS`` at lr 5e-5, constant (the paper's
+  recipe): ``ws+`` (the weighted sum continued: the control, equal total steps), ``ws+'``
+  (the same on data drawn by another seed: the noise of the fine-tuning alone), ``eq-qp``
+  (no target), and, each holding the anchor's training rate (``--target-bpp``, the mean of
+  the anchor's last 10 % of steps): ``eq-qp-t``, ``eq-qp-f-t`` (``--features``), ``c2f-t``
+  (coarse-to-fine), ``nash-mtl-t`` and ``imtl-g-t``;
+* ``c2f-scratch-t``: coarse-to-fine from scratch for ``SCRATCH_STEPS``, holding the anchor's
+  training rate (compared with the anchors: equal steps);
+* evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used
+  for any choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+from protocol import (
+    DATA,
+    FINETUNE_LR,
+    HOLDOUT,
+    RESULTS,
+    Arm,
+    Run,
+    run_metrics,
+    scalars,
+    trained_otherwise,
+)
+
+#: The codecs calibrated, by name; the protocol trains ``CODEC``.
+CODECS = {
+    "N32-M48": {"model": "mbt2018-mean", "N": 32, "M": 48, "patch_size": 64, "batch_size": 8},
+    "N16-M24": {"model": "mbt2018-mean", "N": 16, "M": 24, "patch_size": 64, "batch_size": 8},
+    "N16-M24-p256": {
+        "model": "mbt2018-mean",
+        "N": 16,
+        "M": 24,
+        "patch_size": 256,
+        "batch_size": 1,
+    },
+    # the protocol's: 4 images a step at the pixels of one 256² crop
+    "N16-M24-p128b4": {
+        "model": "mbt2018-mean",
+        "N": 16,
+        "M": 24,
+        "patch_size": 128,
+        "batch_size": 4,
+    },
+}
+#: N16-M24 was cheaper a step than N32-M48 and reached a lower R-D cost at 32000 and 64000
+#: steps, but on 64² crops its hyperprior sees one hyper-latent a crop: whole photos cost it
+#: 1.8–2.3× the crops' rate, and fine-tuning on larger crops halved their rate at the same
+#: PSNR (``--stage probe-crops``). On 256² crops, batch 1, it had not converged by 128000
+#: steps; on 128² crops, batch 4 (the same pixels a step), it converged by 128000 steps.
+CODEC = "N16-M24-p128b4"
+CALIBRATION_LAMBDA = 0.0035
+CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000, 128000)
+#: Where the calibration of ``CODEC`` converged (the doubling from 64000 to 128000 steps
+#: gained 0.09 dB of validation PSNR at equal rate, 0.07 dB on the training crops).
+SCRATCH_STEPS = 128000
+#: The paper fine-tunes 50 epochs after 100–150 from scratch (a third or more); an eighth is
+#: what the budget allows. ``--stage calibrate-finetune`` shows the arms still moving away
+#: from the control on the validation photos after 2000 steps.
+FINETUNE_STEPS = 8000
+#: CompressAI's zoo λ of qualities 2, 4, 6 and 8 (×3.7 apart): from the calibration point,
+#: where the 256²-crop probe validates at 0.13 bpp, about 0.13, 0.22, 0.4, 0.7 bpp if rate
+#: grows like λ^0.43 as it did between λ 0.00117 and 0.0035.
+LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
+SEEDS = (0, 1, 2)
+ARMS = {
+    "ws": Arm("weighted-sum"),
+    "ws+": Arm("weighted-sum", start_from="ws"),
+    "ws+'": Arm("weighted-sum", start_from="ws"),
+    "eq-qp": Arm("eq-qp", start_from="ws"),
+    "eq-qp-t": Arm("eq-qp", start_from="ws"),
+    "eq-qp-f-t": Arm("eq-qp", start_from="ws", features=True),
+    "c2f-t": Arm("coarse-to-fine", start_from="ws"),
+    "nash-mtl-t": Arm("nash-mtl", start_from="ws"),
+    "imtl-g-t": Arm("imtl-g", start_from="ws"),
+    "c2f-scratch-t": Arm("coarse-to-fine"),
+}
+#: Arms that hold the anchor's training rate; they start once the anchor is done.
+TARGETED = {"eq-qp-t", "eq-qp-f-t", "c2f-t", "nash-mtl-t", "imtl-g-t", "c2f-scratch-t"}
+#: The control fine-tuned on other data: its crops, their order and noise (and the held-out
+#: photos) drawn by seed + ``RESEED``; against ``ws+`` it measures what fine-tuning alone varies.
+RESEEDED = "ws+'"
+RESEED = 100
+#: The arm each arm is compared with: the same start and the same number of steps.
+CONTROLS = ("ws", "ws+", RESEEDED)
+CONTROL = {arm: "ws+" for arm, spec in ARMS.items() if spec.start_from and arm not in CONTROLS}
+CONTROL["c2f-scratch-t"] = "ws"
+#: The share of an anchor's last steps whose mean training rate the targeted arms hold.
+TARGET_WINDOW = 0.1
+#: Each arm's variant in the interleaved per-step timing of every method (the trainer's
+#: defaults: sequential Gram, coarse-to-fine re-evaluated every step).
+OVERHEAD_VARIANTS = {
+    "ws": "weighted sum (glue)",
+    "ws+": "weighted sum (glue)",
+    "ws+'": "weighted sum (glue)",
+    "eq-qp": "EqQP exact, sequential",
+    "eq-qp-t": "EqQP exact, sequential",
+    "eq-qp-f-t": "EqQP features (latent y)",
+    "c2f-t": "coarse-to-fine, re-evaluate every step",
+    "nash-mtl-t": "nash-mtl, sequential",
+    "imtl-g-t": "imtl-g, sequential",
+    "c2f-scratch-t": "coarse-to-fine, re-evaluate every step",
+}
+OVERHEAD_TIMES = RESULTS / "step_overhead_all_cpu.json"
+
+
+def calibration_folder(codec: str, steps: int, args: argparse.Namespace) -> Path:
+    return args.out / "calibrate" / codec / f"ws-l{CALIBRATION_LAMBDA}-s0-steps{steps}"
+
+
+def common_settings(
+    run_folder: Path, lmbda: float, seed: int, args: argparse.Namespace, codec: str = CODEC
+) -> dict:
+    """What every run shares: data, codec, λ, seed, logging; one CPU thread a run."""
+    return dict(
+        dataset=str(DATA / "train"),
+        holdout=HOLDOUT,
+        **CODECS[codec],
+        lmbda=lmbda,
+        seed=seed,
+        device=args.device,
+        threads=args.threads,
+        progress=False,
+        final_eval=False,
+        out=str(run_folder),
+        checkpoint_every=500,
+        eval_every=1000,
+        log_every=100,
+    )
+
+
+def calibration_config(codec: str, steps: int, args: argparse.Namespace) -> dict:
+    folder = calibration_folder(codec, steps, args)
+    values = common_settings(folder, CALIBRATION_LAMBDA, 0, args, codec)
+    return {**values, **ARMS["ws"].settings(), "steps": steps, "lr": 1e-3,
+            "lr_schedule": "cosine"}  # fmt: skip
+
+
+def anchor_rate(folder: Path) -> float:
+    """The anchor's mean training rate (bpp) over its last ``TARGET_WINDOW`` of steps."""
+    history = scalars(folder, "train/rate_bpp")
+    last = history[-1][0]
+    window = [value for step, value in history if step > last * (1 - TARGET_WINDOW)]
+    return round(statistics.fmean(window), 4)
+
+
+def run_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:
+    """Where a run of the protocol trains ``codec`` (one folder of runs a codec)."""
+    return args.out / codec / run.name
+
+
+def config_for(run: Run, args: argparse.Namespace, codec: str = CODEC) -> dict:
+    """The run's full configuration (an arm's target needs its anchor finished)."""
+    seed = run.seed + RESEED if run.arm == RESEEDED else run.seed
+    values = {**common_settings(run_folder(run, args, codec), run.point, seed, args, codec),
+              **ARMS[run.arm].settings()}  # fmt: skip
+    anchor = run_folder(Run("ws", run.point, run.seed), args, codec)
+    if run.arm in TARGETED:
+        values["target_bpp"] = anchor_rate(anchor)
+    if run.source(ARMS) is None:
+        return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
+    return {**values, "steps": FINETUNE_STEPS, "lr": FINETUNE_LR, "lr_schedule": "constant",
+            "init_from": str(anchor / "checkpoint.pt")}  # fmt: skip
+
+
+def link_calibration_anchor(args: argparse.Namespace, codec: str = CODEC) -> None:
+    """Let the calibration run of ``SCRATCH_STEPS`` be the anchor at the calibration λ and
+    seed 0 (a link, not a second training of the same run), if it finished with exactly the
+    anchor's settings and the anchor has no folder yet."""
+    anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)
+    calibrated = calibration_folder(codec, SCRATCH_STEPS, args)
+    if anchor.exists() or anchor.is_symlink() or run_metrics(calibrated) is None:
+        return
+    if trained_otherwise(calibrated, config_for(Run("ws", CALIBRATION_LAMBDA, 0), args, codec)):
+        return
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    anchor.symlink_to(os.path.relpath(calibrated, anchor.parent))
+
+
+def all_runs(args: argparse.Namespace) -> list[Run]:
+    """The anchors first (every other run needs one), then the fine-tunes by seed (short:
+    every arm has results early), then the other arms from scratch."""
+    anchors = [Run("ws", lm, seed) for seed in args.seeds for lm in args.lambdas]
+    others = [Run(arm, lm, seed) for seed in args.seeds for arm in args.arms if arm != "ws"
+              for lm in args.lambdas]  # fmt: skip
+    return anchors + sorted(others, key=lambda run: ARMS[run.arm].start_from is None)
+
+
+def interleaved_ratio(arm: str, control: str) -> float | None:
+    """The arm's median step over its control's in the interleaved timing (None without it)."""
+    if not OVERHEAD_TIMES.exists():
+        return None
+    times = json.loads(OVERHEAD_TIMES.read_text())["times"]
+    arm_times, control_times = times[OVERHEAD_VARIANTS[arm]], times[OVERHEAD_VARIANTS[control]]
+    return statistics.median(arm_times) / statistics.median(control_times)

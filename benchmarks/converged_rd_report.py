@@ -1,0 +1,292 @@
+"""The converged-codec reproduction's report: the noise floor, each arm against its
+control at equal coded rate and by BD-rate, every run, and the R-D plot."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import TYPE_CHECKING
+
+from converged_rd_protocol import (
+    ARMS,
+    CONTROL,
+    FINETUNE_STEPS,
+    RESEEDED,
+    SCRATCH_STEPS,
+    all_runs,
+    interleaved_ratio,
+    run_folder,
+)
+from protocol import (
+    FINETUNE_LR,
+    IMAGES,
+    Run,
+    bd_cells,
+    divergence,
+    equal_rate_difference,
+    evaluation,
+    last_validation,
+    mean_std,
+    run_metrics,
+    scalar_histories,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+#: The seed-to-seed spread below which a comparison can tell a 2 % effect.
+NOISE_TARGET_DB = 0.1
+NOISE_TARGET_PERCENT = 1.0
+#: The validation rates the anchors should span (bpp), about: each end within this factor.
+RATE_SPAN = (0.1, 0.8)
+RATE_SLACK = 1.5
+
+
+def report(args: argparse.Namespace) -> str:
+    """The report's text (``benchmarks/results/converged_rd.md``); draws the plot too."""
+    runs = all_runs(args)
+    done = sum(evaluation(run_folder(run, args)) is not None for run in runs)
+    text = [
+        f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
+        f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {tuple(args.lambdas)}; seeds "
+        f"{tuple(args.seeds)}; trained on {args.device}.",
+        "",
+        operating_points(args),
+        "",
+        "Noise floor (the same arm, two seeds):",
+        "",
+        *noise_floor(args),
+        "",
+        "Arms against their controls, paired by seed (points inside the control's range in "
+        "brackets):",
+        "",
+        *arm_table(args),
+        "",
+        "Training-time ratios (mean over the runs; a run shares the machine with as many "
+        "others as were started beside it, so these are rough; in brackets the same two "
+        "methods' median step in the interleaved timing, step_overhead_all_cpu.md, batch "
+        "8 × 128² on 2 threads, the measured overhead):",
+        "",
+        *time_ratios(args),
+        "",
+        *run_table(args),
+    ]
+    plot(args)
+    return "\n".join(text)
+
+
+def operating_points(args: argparse.Namespace) -> str:
+    """The anchors' validation rate by λ (mean over the finished seeds), and whether the λ
+    grid spans ``RATE_SPAN``: judged on the held-out training photos, never on the
+    evaluation photos."""
+    rates: dict[float, list[float]] = {}
+    for lmbda in args.lambdas:
+        for seed in args.seeds:
+            folder = run_folder(Run("ws", lmbda, seed), args)
+            if run_metrics(folder) is not None:
+                rates.setdefault(lmbda, []).append(last_validation(folder)[0])
+    if not rates:
+        return "Operating points: no anchor finished."
+    shown = ", ".join(f"λ {lmbda}: {statistics.fmean(values):.3f} ({len(values)} seed"
+                      f"{'s' * (len(values) > 1)})" for lmbda, values in rates.items())  # fmt: skip
+    low, high = RATE_SPAN
+    means = [statistics.fmean(values) for values in rates.values()]
+    if len(rates) < len(args.lambdas):
+        verdict = "not every λ has an anchor yet"
+    elif min(means) <= RATE_SLACK * low and max(means) >= high / RATE_SLACK:
+        verdict = f"spans about {low}–{high} bpp"
+    else:
+        verdict = f"does not span about {low}–{high} bpp: choose other λ"
+    return (f"Operating points (anchors' validation bpp, mean over seeds): {shown}; the grid "
+            f"{verdict}.")  # fmt: skip
+
+
+def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[float, float]]:
+    """(coded bpp, PSNR) of an arm's coded runs at one seed, by rate."""
+    results = [evaluation(run_folder(Run(arm, lm, seed), args)) for lm in args.lambdas]
+    return sorted((r["bpp"], r["psnr"]) for r in results if r is not None)
+
+
+def noise_pairs(args: argparse.Namespace) -> dict[str, list[tuple[tuple[str, int], ...]]]:
+    """The (arm, seed) pairs that differ only by chance, by what differs: the same arm at two
+    seeds (the anchors and the controls: what training from scratch varies), and the control
+    against itself on other data (what the fine-tuning alone varies: the yardstick of the
+    fine-tuning arms, which share their anchor)."""
+    seed_pairs = [(a, b) for a in args.seeds for b in args.seeds if a < b]
+    return {
+        "seed (from scratch)": [
+            ((arm, a), (arm, b)) for arm in ("ws", "ws+") for a, b in seed_pairs
+        ],
+        "fine-tuning data": [(("ws+", seed), (RESEEDED, seed)) for seed in args.seeds],
+    }
+
+
+def compared(
+    args: argparse.Namespace, base: tuple[str, int], other: tuple[str, int]
+) -> tuple[float, int, str, float | None]:
+    """``other``'s coded curve against ``base``'s ((arm, seed) each): Δ PSNR at equal rate,
+    the points it averages, the BD-rate cells and the pchip BD-rate (%)."""
+    base_points, other_points = coded_points(args, *base), coded_points(args, *other)
+    difference, count = equal_rate_difference(other_points, base_points)
+    cells, pchip = bd_cells((f"{base[0]} seed {base[1]}", base_points),
+                            (f"{other[0]} seed {other[1]}", other_points))  # fmt: skip
+    return difference, count, cells, pchip
+
+
+def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The largest |Δ PSNR| (dB) and |BD-rate| (%) of each kind of noise pair (kinds with
+    both measured)."""
+    floors = {}
+    for kind, pairs in noise_pairs(args).items():
+        results = [compared(args, base, other) for base, other in pairs]
+        deltas = [abs(difference) for difference, count, _, _ in results if count]
+        rates = [abs(pchip) for *_, pchip in results if pchip is not None]
+        if deltas and rates:
+            floors[kind] = (max(deltas), max(rates))
+    return floors
+
+
+def noise_floor(args: argparse.Namespace) -> list[str]:
+    """The noise pairs' table and the floor of each kind, against the target."""
+    lines = [
+        "| what differs | runs | Δ PSNR at equal rate (dB) | BD-rate pchip | BD-rate cubic | "
+        "stable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, pairs in noise_pairs(args).items():
+        for base, other in pairs:
+            difference, count, cells, _ = compared(args, base, other)
+            shown = "–" if count == 0 else f"{difference:+.3f} ({count} points)"
+            lines.append(f"| {kind} | {other[0]} seed {other[1]} vs {base[0]} seed {base[1]} | "
+                         f"{shown} | {cells} |")  # fmt: skip
+    verdicts = [
+        f"{kind}: |Δ PSNR| ≤ {delta:.3f} dB, |BD-rate| ≤ {rate:.2f} % ({_verdict(delta, rate)})"
+        for kind, (delta, rate) in noise_floors(args).items()
+    ]
+    if verdicts:
+        lines += ["", f"Noise floor (target ≤ {NOISE_TARGET_DB} dB and ≤ {NOISE_TARGET_PERCENT} "
+                  f"%): {'; '.join(verdicts)}."]  # fmt: skip
+    return lines
+
+
+def _verdict(delta: float, rate: float) -> str:
+    reached = delta <= NOISE_TARGET_DB and rate <= NOISE_TARGET_PERCENT
+    return "reached" if reached else "not reached"
+
+
+def arm_table(args: argparse.Namespace) -> list[str]:
+    """Each arm against its control, paired by seed: Δ PSNR at equal rate and BD-rate."""
+    lines = [
+        "| arm | control | Δ PSNR at equal rate (dB), per seed | mean ± std | "
+        "BD-rate pchip (%), per seed | mean ± std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, control in CONTROL.items():
+        if arm not in args.arms:
+            continue
+        deltas, rates, delta_cells, rate_cells = [], [], [], []
+        for seed in args.seeds:
+            difference, count, _, pchip = compared(args, (control, seed), (arm, seed))
+            deltas += [difference] if count else []
+            delta_cells.append("–" if not count else f"{difference:+.3f} ({count})")
+            rates += [pchip] if pchip is not None else []
+            rate_cells.append("–" if pchip is None else f"{pchip:+.2f}")
+        lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas)} | "
+                     f"{', '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
+    return lines
+
+
+def run_table(args: argparse.Namespace) -> list[str]:
+    """Every run: target and rate held, coded bpp and PSNR, effective λ, weights, time."""
+    lines = [
+        "| run | target bpp | training bpp held | coded bpp | PSNR (dB) | effective λ | "
+        "w_R, w_D | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in all_runs(args):
+        folder = run_folder(run, args)
+        if (message := divergence(folder)) is not None:
+            lines.append(f"| {run.name} | diverged: {message} | | | | | | |")
+            continue
+        result, metrics = evaluation(folder), run_metrics(folder)
+        if result is None or metrics is None:
+            lines.append(f"| {run.name} | not finished | | | | | | |")
+            continue
+        target = metrics.get("target")
+        held = f"{target['value']:.4f} | {target['achieved']:.4f}" if target else "– | –"
+        weights = list(scalar_histories(folder, "balancer/weight_rate",
+                                        "balancer/weight_distortion").values())  # fmt: skip
+        shown = ", ".join(f"{w[-1][1]:.3g}" for w in weights) if all(weights) else "–"
+        lines.append(
+            f"| {run.name} | {held} | {result['bpp']:.4f} | {result['psnr']:.2f} | "
+            f"{metrics['effective_lambda']:.3g} | {shown} | {metrics['train_seconds']:.0f} |"
+        )
+    return lines
+
+
+def time_ratios(args: argparse.Namespace) -> list[str]:
+    """Mean training time of each arm over its control's (the same steps, one run each),
+    beside the interleaved per-step ratio of the same two methods."""
+    lines = []
+    for arm, control in CONTROL.items():
+        times = {name: [metrics["train_seconds"] for lm in args.lambdas for s in args.seeds
+                        if (metrics := run_metrics(run_folder(Run(name, lm, s), args)))]
+                 for name in (arm, control)}  # fmt: skip
+        if arm in args.arms and times[arm] and times[control]:
+            ratio = statistics.fmean(times[arm]) / statistics.fmean(times[control])
+            interleaved = interleaved_ratio(arm, control)
+            beside = "" if interleaved is None else f" (interleaved per step: {interleaved:.2f})"
+            lines.append(f"- {arm} / {control}: {ratio:.2f}{beside}")
+    return lines
+
+
+def plot(args: argparse.Namespace) -> None:
+    """R-D curves of every arm, one panel per seed; and each arm's Δ PSNR at equal rate to
+    its control per seed, beside the noise floor of its kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(args.seeds) + 1, figsize=(5 * len(args.seeds) + 6, 4.2),
+                                squeeze=False)  # fmt: skip
+    for axis, seed in zip(axes[0], args.seeds, strict=False):
+        for index, arm in enumerate(ARMS):
+            points = coded_points(args, arm, seed) if arm == "ws" or arm in args.arms else []
+            if points:
+                bpp, psnr = zip(*points, strict=True)
+                axis.plot(bpp, psnr, marker="os^vDxP*hX"[index], color=f"C{index}", label=arm,
+                          alpha=0.8)  # fmt: skip
+        axis.set(xlabel="rate (bpp), real coding", ylabel="PSNR (dB)", title=f"seed {seed}")
+        axis.grid(True, alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    plot_deltas(axes[0][-1], args)
+    figure.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    figure.savefig(IMAGES / "converged_rd.png", dpi=110)
+    plt.close(figure)
+
+
+def plot_deltas(axis: Axes, args: argparse.Namespace) -> None:
+    """Each arm's Δ PSNR to its control, one dot per seed, and a grey band of ± the noise
+    floor of its kind (fine-tunes: other fine-tuning data; from scratch: other seeds)."""
+    floors = noise_floors(args)
+    arms = [arm for arm in CONTROL if arm in args.arms]
+    for position, arm in enumerate(arms):
+        kind = "fine-tuning data" if ARMS[arm].start_from else "seed (from scratch)"
+        if kind in floors:
+            axis.fill_between([position - 0.4, position + 0.4], -floors[kind][0],
+                              floors[kind][0], color="0.85")  # fmt: skip
+        for seed in args.seeds:
+            difference, count, _, _ = compared(args, (CONTROL[arm], seed), (arm, seed))
+            if count:
+                axis.plot(position, difference, "o", color=f"C{seed}",
+                          label=f"seed {seed}" if position == 0 else None)  # fmt: skip
+    axis.axhline(0, color="0.4", linewidth=0.8)
+    axis.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
+    axis.set(ylabel="Δ PSNR at equal rate to the control (dB)",
+             title="arms vs controls (grey: noise floor)")  # fmt: skip
+    axis.grid(True, axis="y", alpha=0.3)
+    if axis.lines[1:]:
+        axis.legend(fontsize=7)

@@ -76,29 +76,32 @@ def report(args: argparse.Namespace) -> str:
 
 
 def operating_points(args: argparse.Namespace) -> str:
-    """The anchors' validation rate by λ (mean over the finished seeds), and whether the λ
-    grid spans ``RATE_SPAN``: judged on the held-out training photos, never on the
+    """The anchors' validation rate and PSNR by λ (means over the finished seeds), and whether
+    the λ grid spans ``RATE_SPAN``: judged on the held-out training photos, never on the
     evaluation photos."""
-    rates: dict[float, list[float]] = {}
+    points: dict[float, list[tuple[float, float]]] = {}
     for lmbda in args.lambdas:
         for seed in args.seeds:
             folder = run_folder(Run("ws", lmbda, seed), args)
             if run_metrics(folder) is not None:
-                rates.setdefault(lmbda, []).append(last_validation(folder)[0])
-    if not rates:
+                points.setdefault(lmbda, []).append(last_validation(folder))
+    if not points:
         return "Operating points: no anchor finished."
-    shown = ", ".join(f"λ {lmbda}: {statistics.fmean(values):.3f} ({len(values)} seed"
-                      f"{'s' * (len(values) > 1)})" for lmbda, values in rates.items())  # fmt: skip
+    means = {lmbda: tuple(map(statistics.fmean, zip(*values, strict=True)))
+             for lmbda, values in points.items()}  # fmt: skip
+    shown = ", ".join(f"λ {lmbda}: {bpp:.3f} bpp, {psnr:.2f} dB ({len(points[lmbda])} seed"
+                      f"{'s' * (len(points[lmbda]) > 1)})"
+                      for lmbda, (bpp, psnr) in means.items())  # fmt: skip
     low, high = RATE_SPAN
-    means = [statistics.fmean(values) for values in rates.values()]
-    if len(rates) < len(args.lambdas):
+    rates = [bpp for bpp, _ in means.values()]
+    if len(points) < len(args.lambdas):
         verdict = "not every λ has an anchor yet"
-    elif min(means) <= RATE_SLACK * low and max(means) >= high / RATE_SLACK:
+    elif min(rates) <= RATE_SLACK * low and max(rates) >= high / RATE_SLACK:
         verdict = f"spans about {low}–{high} bpp"
     else:
-        verdict = f"does not span about {low}–{high} bpp: choose other λ"
-    return (f"Operating points (anchors' validation bpp, mean over seeds): {shown}; the grid "
-            f"{verdict}.")  # fmt: skip
+        verdict = f"spans {min(rates):.2f}–{max(rates):.2f} bpp, not about {low}–{high} bpp"
+    return (f"Operating points (anchors' validation rate and PSNR, means over seeds): {shown}; "
+            f"the grid {verdict}.")  # fmt: skip
 
 
 def coded_points(args: argparse.Namespace, arm: str, seed: int) -> list[tuple[float, float]]:

@@ -36,6 +36,7 @@ Protocol:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -218,10 +219,17 @@ def all_runs(args: argparse.Namespace) -> list[Run]:
     return anchors + sorted(others, key=lambda run: ARMS[run.arm].start_from is None)
 
 
+@functools.cache
+def median_step_times(path: Path) -> dict[str, float]:
+    """The median step time of each variant in the interleaved timing at ``path`` (read once:
+    the budget and the report ask for every arm)."""
+    times = json.loads(path.read_text())["times"]
+    return {variant: statistics.median(values) for variant, values in times.items()}
+
+
 def interleaved_ratio(arm: str, control: str) -> float | None:
     """The arm's median step over its control's in the interleaved timing (None without it)."""
     if not OVERHEAD_TIMES.exists():
         return None
-    times = json.loads(OVERHEAD_TIMES.read_text())["times"]
-    arm_times, control_times = times[OVERHEAD_VARIANTS[arm]], times[OVERHEAD_VARIANTS[control]]
-    return statistics.median(arm_times) / statistics.median(control_times)
+    medians = median_step_times(OVERHEAD_TIMES)
+    return medians[OVERHEAD_VARIANTS[arm]] / medians[OVERHEAD_VARIANTS[control]]

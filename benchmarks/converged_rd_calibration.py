@@ -23,6 +23,7 @@ from converged_rd_protocol import (
     interleaved_ratio,
     link_calibration_anchor,
     run_folder,
+    settled_means,
 )
 from protocol import (
     FINETUNE_LR,
@@ -99,7 +100,7 @@ def calibration_report(codec: str, args: argparse.Namespace) -> str:
             continue
         bpp, psnr = last_validation(folder)
         validation[steps] = (bpp, rd_cost(bpp, psnr)[1])
-        training[steps] = training_cost(folder)
+        training[steps] = settled_means(folder, "train/rate_bpp", "train/distortion")
         cells = []
         for name, costs in (("validation", validation), ("training", training)):
             half = costs.get(steps // 2)
@@ -169,16 +170,6 @@ def equal_rate_gain(
     (bpp_before, psnr_before), (bpp_after, psnr_after) = before, after
     return cost_gain((bpp_before, rd_cost(bpp_before, psnr_before, lmbda)[1]),
                      (bpp_after, rd_cost(bpp_after, psnr_after, lmbda)[1]))  # fmt: skip
-
-
-def training_cost(folder: Path) -> tuple[float, float]:
-    """(R, D) of the training objective, means over the run's last 10 % of logged steps
-    (random crops of the training photos, with quantisation noise)."""
-    histories = scalar_histories(folder, "train/rate_bpp", "train/distortion")
-    rates = [value for _, value in histories["train/rate_bpp"]]
-    distortions = [value for _, value in histories["train/distortion"]]
-    window = max(1, len(rates) // 10)
-    return statistics.fmean(rates[-window:]), statistics.fmean(distortions[-window:])
 
 
 def settled_from(gains: dict[int, float]) -> int | None:
@@ -328,7 +319,7 @@ def crop_probe_report(args: argparse.Namespace) -> str:
                 continue
             step_ms = 1000 * metrics["train_seconds"] / CROP_PROBE_STEPS
             bpp, psnr = last_validation(folder)
-            rate = training_cost(folder)[0]
+            rate = settled_means(folder, "train/rate_bpp")[0]
             base_bpp, base_psnr = base_point
             lines.append(f"| {lmbda} | {crop[0]}² × {crop[1]} | {bpp:.4f} | {psnr:.2f} | "
                          f"{rate:.4f} | {bpp / rate:.2f} | {100 * (bpp / base_bpp - 1):+.1f} | "

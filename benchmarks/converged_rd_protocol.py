@@ -50,7 +50,7 @@ from protocol import (
     Arm,
     Run,
     run_metrics,
-    scalars,
+    scalar_histories,
     trained_otherwise,
 )
 
@@ -169,12 +169,18 @@ def calibration_config(codec: str, steps: int, args: argparse.Namespace) -> dict
             "lr_schedule": "cosine"}  # fmt: skip
 
 
+def settled_means(folder: Path, *tags: str) -> tuple[float, ...]:
+    """Means of the run's scalars ``tags`` over its last ``TARGET_WINDOW`` of steps, where a
+    converged run has settled (training scalars: random crops, with quantisation noise)."""
+    histories = scalar_histories(folder, *tags)
+    settled = max(history[-1][0] for history in histories.values()) * (1 - TARGET_WINDOW)
+    return tuple(statistics.fmean(value for step, value in history if step > settled)
+                 for history in histories.values())  # fmt: skip
+
+
 def anchor_rate(folder: Path) -> float:
-    """The anchor's mean training rate (bpp) over its last ``TARGET_WINDOW`` of steps."""
-    history = scalars(folder, "train/rate_bpp")
-    last = history[-1][0]
-    window = [value for step, value in history if step > last * (1 - TARGET_WINDOW)]
-    return round(statistics.fmean(window), 4)
+    """The anchor's settled training rate (bpp), the target of the arms that hold it."""
+    return round(settled_means(folder, "train/rate_bpp")[0], 4)
 
 
 def run_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -142,7 +143,15 @@ def scalar_histories(folder: Path, *tags: str) -> dict[str, list[tuple[int, floa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
+    # A resumed run logs again from its checkpoint's step; the reader drops the orphaned
+    # later steps (what we want) and warns each time, which would drown a run's log.
+    tensorboard_log = logging.getLogger("tensorboard")
+    level = tensorboard_log.level
+    tensorboard_log.setLevel(logging.ERROR)
+    try:
+        events.Reload()
+    finally:
+        tensorboard_log.setLevel(level)
     present = set(events.Tags()["scalars"])
     return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
             if tag in present else [] for tag in tags}  # fmt: skip

@@ -23,6 +23,7 @@ from converged_rd_protocol import (
     calibration_folder,
     config_for,
     run_folder,
+    settled_means,
 )
 from protocol import FINETUNE_LR, Run
 
@@ -103,12 +104,11 @@ def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):
 def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
     anchor = run_folder(Run("ws", 0.0045, 1), args)
     anchor.mkdir(parents=True)
-    _log(
-        anchor,
-        "train/rate_bpp",
-        [(step, 1.0 if step <= 900 else 0.4) for step in range(100, 1001, 100)],
-    )
+    steps = range(100, 1001, 100)
+    _log(anchor, "train/rate_bpp", [(step, 1.0 if step <= 900 else 0.4) for step in steps])
+    _log(anchor, "train/distortion", [(step, 2.0 if step <= 800 else 0.5) for step in steps])
     assert anchor_rate(anchor) == 0.4  # only step 1000 lies in (900, 1000]
+    assert settled_means(anchor, "train/rate_bpp", "train/distortion") == pytest.approx((0.4, 0.5))
     values = config_for(Run("eq-qp-t", 0.0045, 1), args)
     assert values["target_bpp"] == 0.4 and values["balancer"] == "eq-qp"
     assert values["init_from"] == str(anchor / "checkpoint.pt")

@@ -17,7 +17,7 @@ Protocol:
   The smallest converged length is ``SCRATCH_STEPS``:
   ``benchmarks/results/converged_rd_calibration.md``.
 * anchors ``ws``: the weighted sum from scratch for ``SCRATCH_STEPS`` at 4 λ (``LAMBDAS``,
-  where the codec's validation curve rises: about 0.1–0.3 bpp, not the 0.1–0.8 first
+  where the codec's validation curve rises: 0.12–0.30 bpp, not the 0.1–0.8 first
   aimed at, because it flattens above 0.3 bpp) and 3 seeds,
   **paired**: a seed fixes the initial weights, the data order, the crops and the
   quantisation noise of every arm, so arms differ only by how they train.

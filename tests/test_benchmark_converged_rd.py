@@ -415,21 +415,26 @@ def test_the_crop_probe_compares_each_crop_size_with_the_anchors_own_at_its_lamb
     )
 
 
-def test_the_lambda_grid_is_judged_by_the_anchors_validation_rate(args):
+def test_the_lambda_grid_is_judged_by_each_seeds_validation_rate(args):
     from converged_rd_report import operating_points
 
     args.seeds = [0, 1]
-    assert operating_points(args) == "Operating points: no anchor finished."
+    assert operating_points(args)[-1] == "The λ grid no seed has an anchor at every λ yet."
     rates = dict(zip(args.lambdas, (0.14, 0.25, 0.45, 0.6), strict=True))
     for lmbda, rate in list(rates.items())[:3]:
         for seed, shift in ((0, -0.01), (1, 0.01)):
             _finished(run_folder(Run("ws", lmbda, seed), args), rate + shift, 30.0 + shift)
-    assert operating_points(args).endswith("the grid not every λ has an anchor yet.")
+    assert operating_points(args)[-1] == "The λ grid no seed has an anchor at every λ yet."
     _finished(run_folder(Run("ws", args.lambdas[3], 0), args), 0.6, 31.0)
-    line = operating_points(args)
-    assert f"λ {args.lambdas[0]}: 0.140 bpp, 30.00 dB (2 seeds)" in line
-    assert f"λ {args.lambdas[3]}: 0.600 bpp, 31.00 dB (1 seed)" in line
-    # 0.14 ≤ 1.5 × 0.1 and 0.6 ≥ 0.8 / 1.5
-    assert line.endswith("the grid spans about 0.1–0.8 bpp.")
-    _finished(run_folder(Run("ws", args.lambdas[3], 1), args), 0.4, 31.0)  # mean 0.5 < 0.53
-    assert operating_points(args).endswith("the grid spans 0.14–0.50 bpp, not about 0.1–0.8 bpp.")
+    lines = operating_points(args)
+    assert (
+        f"| {args.lambdas[0]} | 0.130 bpp, 29.99 dB (0.130) | 0.150 bpp, 30.01 dB (0.150) |"
+        in lines
+    )
+    assert f"| {args.lambdas[3]} | 0.600 bpp, 31.00 dB (0.600) | – |" in lines
+    # seed 0: 0.13 ≤ 1.5 × 0.1 and 0.6 ≥ 0.8 / 1.5; seed 1 is not complete
+    assert lines[-1] == "The λ grid spans about 0.1–0.8 bpp."
+    _finished(run_folder(Run("ws", args.lambdas[3], 1), args), 0.5, 31.0)  # 0.5 < 0.8 / 1.5
+    assert operating_points(args)[-1] == (
+        "The λ grid spans seed 0 0.13–0.60 bpp, seed 1 0.15–0.50 bpp, not about 0.1–0.8 bpp."
+    )

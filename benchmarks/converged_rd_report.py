@@ -102,12 +102,12 @@ def operating_points(args: argparse.Namespace) -> list[str]:
     spans = {seed: (min(found), max(found)) for seed, found in rates.items()
              if len(found) == len(args.lambdas)}  # fmt: skip
     if not spans:
-        verdict = "no seed has an anchor at every λ yet"
+        verdict = "No seed has an anchor at every λ yet."
     elif all(lo <= RATE_SLACK * low and hi >= high / RATE_SLACK for lo, hi in spans.values()):
-        verdict = f"spans about {low}–{high} bpp"
+        verdict = f"The λ grid spans about {low}–{high} bpp."
     else:
         shown = ", ".join(f"seed {seed} {lo:.2f}–{hi:.2f} bpp" for seed, (lo, hi) in spans.items())
-        verdict = f"spans {shown}, not about {low}–{high} bpp"
+        verdict = f"The λ grid spans {shown}, not about {low}–{high} bpp."
     return [
         "Operating points: each anchor's last validation on its seed's 4 held-out training "
         "photos (the photos differ by seed: compare down a column), in brackets its training "
@@ -115,7 +115,7 @@ def operating_points(args: argparse.Namespace) -> list[str]:
         "",
         *lines,
         "",
-        f"The λ grid {verdict}.",
+        verdict,
     ]
 
 

@@ -419,12 +419,12 @@ def test_the_lambda_grid_is_judged_by_each_seeds_validation_rate(args):
     from converged_rd_report import operating_points
 
     args.seeds = [0, 1]
-    assert operating_points(args)[-1] == "The λ grid no seed has an anchor at every λ yet."
+    assert operating_points(args)[-1] == "No seed has an anchor at every λ yet."
     rates = dict(zip(args.lambdas, (0.14, 0.25, 0.45, 0.6), strict=True))
     for lmbda, rate in list(rates.items())[:3]:
         for seed, shift in ((0, -0.01), (1, 0.01)):
             _finished(run_folder(Run("ws", lmbda, seed), args), rate + shift, 30.0 + shift)
-    assert operating_points(args)[-1] == "The λ grid no seed has an anchor at every λ yet."
+    assert operating_points(args)[-1] == "No seed has an anchor at every λ yet."
     _finished(run_folder(Run("ws", args.lambdas[3], 0), args), 0.6, 31.0)
     lines = operating_points(args)
     assert (

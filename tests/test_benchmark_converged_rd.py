@@ -324,9 +324,10 @@ def test_the_budget_counts_every_run_at_its_arms_measured_step(args, monkeypatch
 
 
 @pytest.mark.slow
-def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_images, monkeypatch):
-    """The anchor trains and is coded; the fine-tune holds the anchor's rate from its log;
-    the report shows both (in-process: a tiny codec on the test photos)."""
+def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, monkeypatch):
+    """Every arm's configuration trains and is coded; a targeted fine-tune holds the
+    anchor's rate from its log; the report shows every targeted arm's target (in-process: a
+    tiny codec on the test photos)."""
     import converged_rd
     import converged_rd_protocol
     import converged_rd_report
@@ -340,17 +341,19 @@ def test_an_anchor_a_targeted_fine_tune_and_the_report_end_to_end(args, test_ima
         monkeypatch.setattr(converged_rd_protocol, name, value)
     monkeypatch.setattr(converged_rd, "eval_images", lambda: ImageSet.from_folder(test_images))
     monkeypatch.setattr(converged_rd_report, "plot", lambda args: None)
-    args.seeds, args.arms, args.no_coding = [0], ["ws", "ws+", "eq-qp-t"], False
+    args.seeds, args.arms, args.no_coding = [0], list(ARMS), False
     lmbda = LAMBDAS[0]
-    for arm in ("ws", "ws+", "eq-qp-t"):
+    for arm in ARMS:  # every arm's configuration trains and codes
         converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
     anchor = run_folder(Run("ws", lmbda, 0), args)
     fine_tune = _metrics_of(run_folder(Run("eq-qp-t", lmbda, 0), args))
     assert fine_tune["target"]["value"] == pytest.approx(anchor_rate(anchor), abs=1e-4)
     assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
     text = converged_rd_report.report(args)
-    assert "3 of 12 runs coded" in text
-    assert f"| {Run('eq-qp-t', lmbda, 0).name} | {fine_tune['target']['value']:.4f} |" in text
+    assert f"{len(ARMS)} of {len(LAMBDAS) * len(ARMS)} runs coded" in text
+    for arm in TARGETED:
+        target = _metrics_of(run_folder(Run(arm, lmbda, 0), args))["target"]["value"]
+        assert f"| {Run(arm, lmbda, 0).name} | {target:.4f} |" in text
 
 
 def _metrics_of(folder):

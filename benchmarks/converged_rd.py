@@ -43,6 +43,7 @@ from converged_rd_protocol import (
     LAMBDAS,
     SEEDS,
     all_runs,
+    anchor_divergence,
     config_for,
     link_calibration_anchor,
     run_folder,
@@ -65,7 +66,10 @@ from protocol import (
 
 def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> None:
     """Train one run to its end (``values``; None: build them now that the anchor is done),
-    then code the evaluation photos once (a worker process)."""
+    then code the evaluation photos once (a worker process); nothing if its anchor diverged."""
+    if (message := anchor_divergence(run, args)) is not None:
+        print(f"{run.name}: not trained, its anchor diverged: {message}", flush=True)
+        return
     train_to_end(values if values is not None else config_for(run, args))
     folder = run_folder(run, args)
     if not args.no_coding and to_code(folder):
@@ -80,7 +84,9 @@ def work(args: argparse.Namespace) -> None:
         folder = run_folder(run, args)
         anchor = Run("ws", run.point, run.seed)
         after = None if run.arm == "ws" or folder_done(run_folder(anchor, args)) else anchor.name
-        values = config_for(run, args) if after is None else None
+        # a dependant's configuration needs its anchor finished, and not diverged
+        ready = after is None and anchor_divergence(run, args) is None
+        values = config_for(run, args) if ready else None
         if values is not None and (changed := trained_otherwise(folder, values)):
             stale.append(f"{run.name} ({'; '.join(changed)})")
         done = folder_done(folder) and (args.no_coding or not to_code(folder))

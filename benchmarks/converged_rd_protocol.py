@@ -49,6 +49,7 @@ from protocol import (
     RESULTS,
     Arm,
     Run,
+    divergence,
     run_metrics,
     scalar_histories,
     trained_otherwise,
@@ -85,13 +86,14 @@ CALIBRATION_STEPS = (2000, 4000, 8000, 16000, 32000, 64000, 128000)
 #: Where the calibration of ``CODEC`` converged (the doubling from 64000 to 128000 steps
 #: gained 0.09 dB of validation PSNR at equal rate, 0.07 dB on the training crops).
 SCRATCH_STEPS = 128000
-#: The paper fine-tunes 50 epochs after 100–150 from scratch (a third or more); an eighth is
-#: what the budget allows. ``--stage calibrate-finetune`` on the 64²-crop codec showed EqQP
-#: moving away from the control on the validation photos only after 4000 steps.
+#: The paper fine-tunes 50 epochs after 100–150 from scratch (a third or more); a sixteenth
+#: (an eighth of the 64²-crop codec's 64000 steps) is what the budget allows.
+#: ``--stage calibrate-finetune`` on the 64²-crop codec showed EqQP moving away from the
+#: control on the validation photos only after 4000 steps.
 FINETUNE_STEPS = 8000
 #: CompressAI's zoo λ of qualities 1, 2, 4 and 6. This codec's R-D curve flattens above
 #: ≈ 0.3 bpp (seed 0's anchors at λ 0.0035, 0.013, 0.0483 validate at 0.149, 0.229, 0.299
-#: bpp for 32.30, 33.27, 33.51 dB: its N = 16 decoder, not the rate, limits the quality), so
+#: bpp for 32.30, 33.27, 33.53 dB: its N = 16 decoder, not the rate, limits the quality), so
 #: quality 8 (λ 0.18), first chosen for 0.1–0.8 bpp, would add a point on the flat part and
 #: quality 1 takes its place at the low end.
 LAMBDAS = (0.0018, 0.0035, 0.013, 0.0483)
@@ -181,6 +183,14 @@ def settled_means(folder: Path, *tags: str) -> tuple[float, ...]:
 def anchor_rate(folder: Path) -> float:
     """The anchor's settled training rate (bpp), the target of the arms that hold it."""
     return round(settled_means(folder, "train/rate_bpp")[0], 4)
+
+
+def anchor_divergence(run: Run, args: argparse.Namespace, codec: str = CODEC) -> str | None:
+    """Why the run's anchor stopped on a NaN/∞ (None if it did not, or the run is an
+    anchor): a run that starts from it, or holds its rate, is then not trained."""
+    if run.arm == "ws":
+        return None
+    return divergence(run_folder(Run("ws", run.point, run.seed), args, codec))
 
 
 def run_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:

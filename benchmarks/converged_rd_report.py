@@ -14,6 +14,7 @@ from converged_rd_protocol import (
     RESEEDED,
     SCRATCH_STEPS,
     all_runs,
+    anchor_divergence,
     interleaved_ratio,
     run_folder,
     settled_means,
@@ -23,6 +24,7 @@ from protocol import (
     IMAGES,
     Run,
     bd_cells,
+    decode_check,
     divergence,
     equal_rate_difference,
     evaluation,
@@ -50,23 +52,27 @@ def report(args: argparse.Namespace) -> str:
     text = [
         f"{done} of {len(runs)} runs coded; {SCRATCH_STEPS} steps from scratch, "
         f"{FINETUNE_STEPS} fine-tuning steps at lr {FINETUNE_LR}; λ {tuple(args.lambdas)}; seeds "
-        f"{tuple(args.seeds)}; trained on {args.device}.",
+        f"{tuple(args.seeds)}; trained on {training_devices(runs, args)}.",
         "",
         *operating_points(args),
         "",
-        "Noise floor (the same arm, two seeds):",
+        "Noise floor (runs that differ only by chance: the same arm at two seeds, and the "
+        "control fine-tuned on data drawn by another seed; Δ PSNR of the second run at the "
+        "first's rates):",
         "",
         *noise_floor(args),
         "",
-        "Arms against their controls, paired by seed (points inside the control's range in "
-        "brackets):",
+        "Arms against their controls, paired by seed: Δ PSNR is the arm's minus the control's "
+        "at the arm's coded rates inside the control's range (positive: the arm codes better; "
+        "in brackets the points averaged), BD-rate is the arm's against the control's "
+        "(negative: the arm saves rate).",
         "",
         *arm_table(args),
         "",
         "Training-time ratios (mean over the runs; a run shares the machine with as many "
         "others as were started beside it, so these are rough; in brackets the same two "
-        "methods' median step in the interleaved timing, step_overhead_all_cpu.md, batch "
-        "8 × 128² on 2 threads, the measured overhead):",
+        "methods' median step in the interleaved timing, step_overhead_all_cpu.md: "
+        "mbt2018-mean N = 128, M = 192, batch 8 × 128² on 2 threads, the measured overhead):",
         "",
         *time_ratios(args),
         "",
@@ -74,6 +80,14 @@ def report(args: argparse.Namespace) -> str:
     ]
     plot(args)
     return "\n".join(text)
+
+
+def training_devices(runs: list[Run], args: argparse.Namespace) -> str:
+    """The devices the finished runs trained on (a GPU machine's packed runs are reported
+    wherever the report runs)."""
+    found = sorted({metrics["config"]["device"] for run in runs
+                    if (metrics := run_metrics(run_folder(run, args)))})  # fmt: skip
+    return ", ".join(found) or "nothing yet"
 
 
 def operating_points(args: argparse.Namespace) -> list[str]:
@@ -151,16 +165,16 @@ def compared(
     return difference, count, cells, pchip
 
 
-def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """The largest |Δ PSNR| (dB) and |BD-rate| (%) of each kind of noise pair (kinds with
-    both measured)."""
+def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float | None]]:
+    """The largest |Δ PSNR| (dB) and |BD-rate| (%; None where no pair has one: fewer than 4
+    points on a curve's Pareto front) of each kind of noise pair with a Δ PSNR measured."""
     floors = {}
     for kind, pairs in noise_pairs(args).items():
         results = [compared(args, base, other) for base, other in pairs]
         deltas = [abs(difference) for difference, count, _, _ in results if count]
         rates = [abs(pchip) for *_, pchip in results if pchip is not None]
-        if deltas and rates:
-            floors[kind] = (max(deltas), max(rates))
+        if deltas:
+            floors[kind] = (max(deltas), max(rates) if rates else None)
     return floors
 
 
@@ -178,9 +192,11 @@ def noise_floor(args: argparse.Namespace) -> list[str]:
             lines.append(f"| {kind} | {other[0]} seed {other[1]} vs {base[0]} seed {base[1]} | "
                          f"{shown} | {cells} |")  # fmt: skip
     verdicts = [
-        f"{kind}: |Δ PSNR| ≤ {delta:.3f} dB, |BD-rate| ≤ {rate:.2f} % ({_verdict(delta, rate)})"
+        f"{kind}: |Δ PSNR| ≤ {delta:.3f} dB, "
+        + ("BD-rate undefined (target not judged)" if rate is None
+           else f"|BD-rate| ≤ {rate:.2f} % ({_verdict(delta, rate)})")
         for kind, (delta, rate) in noise_floors(args).items()
-    ]
+    ]  # fmt: skip
     if verdicts:
         lines += ["", f"Noise floor (target ≤ {NOISE_TARGET_DB} dB and ≤ {NOISE_TARGET_PERCENT} "
                   f"%): {'; '.join(verdicts)}."]  # fmt: skip
@@ -204,13 +220,18 @@ def arm_table(args: argparse.Namespace) -> list[str]:
             continue
         deltas, rates, delta_cells, rate_cells = [], [], [], []
         for seed in args.seeds:
-            difference, count, _, pchip = compared(args, (control, seed), (arm, seed))
+            difference, count, cells, pchip = compared(args, (control, seed), (arm, seed))
+            lost = [lm for lm in args.lambdas
+                    if divergence(run_folder(Run(arm, lm, seed), args)) is not None]  # fmt: skip
+            # a diverged run leaves no point: the mean would be over the survivors
+            lost_note = f", {len(lost)} diverged" if lost else ""
             deltas += [difference] if count else []
-            delta_cells.append("–" if not count else f"{difference:+.3f} ({count})")
+            delta_cells.append(f"–{lost_note}" if not count
+                               else f"{difference:+.3f} ({count}{lost_note})")  # fmt: skip
             rates += [pchip] if pchip is not None else []
-            rate_cells.append("–" if pchip is None else f"{pchip:+.2f}")
-        lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas)} | "
-                     f"{', '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
+            rate_cells.append(cells.split(" |")[0] if pchip is None else f"{pchip:+.2f}")
+        lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas, 3)} | "
+                     f"{'; '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
     return lines
 
 
@@ -221,15 +242,21 @@ def run_table(args: argparse.Namespace) -> list[str]:
         "w_R, w_D | train s |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    coded = {}
     for run in all_runs(args):
         folder = run_folder(run, args)
         if (message := divergence(folder)) is not None:
             lines.append(f"| {run.name} | diverged: {message} | | | | | | |")
             continue
+        if anchor_divergence(run, args) is not None:
+            lines.append(f"| {run.name} | not trained: its anchor diverged | | | | | | |")
+            continue
         result, metrics = evaluation(folder), run_metrics(folder)
         if result is None or metrics is None:
-            lines.append(f"| {run.name} | not finished | | | | | | |")
+            shown = "not finished" if metrics is None else "not coded"
+            lines.append(f"| {run.name} | {shown} | | | | | | |")
             continue
+        coded[run.name] = result
         target = metrics.get("target")
         held = f"{target['value']:.4f} | {target['achieved']:.4f}" if target else "– | –"
         weights = list(scalar_histories(folder, "balancer/weight_rate",
@@ -239,7 +266,7 @@ def run_table(args: argparse.Namespace) -> list[str]:
             f"| {run.name} | {held} | {result['bpp']:.4f} | {result['psnr']:.2f} | "
             f"{metrics['effective_lambda']:.3g} | {shown} | {metrics['train_seconds']:.0f} |"
         )
-    return lines
+    return [*lines, "", decode_check(coded)]
 
 
 def time_ratios(args: argparse.Namespace) -> list[str]:
@@ -291,6 +318,7 @@ def plot_deltas(axis: Axes, args: argparse.Namespace) -> None:
     floor of its kind (fine-tunes: other fine-tuning data; from scratch: other seeds)."""
     floors = noise_floors(args)
     arms = [arm for arm in CONTROL if arm in args.arms]
+    labelled: set[int] = set()  # each seed once in the legend, at its first dot
     for position, arm in enumerate(arms):
         kind = "fine-tuning data" if ARMS[arm].start_from else "seed (from scratch)"
         if kind in floors:
@@ -300,7 +328,8 @@ def plot_deltas(axis: Axes, args: argparse.Namespace) -> None:
             difference, count, _, _ = compared(args, (CONTROL[arm], seed), (arm, seed))
             if count:
                 axis.plot(position, difference, "o", color=f"C{seed}",
-                          label=f"seed {seed}" if position == 0 else None)  # fmt: skip
+                          label=None if seed in labelled else f"seed {seed}")  # fmt: skip
+                labelled.add(seed)
     axis.axhline(0, color="0.4", linewidth=0.8)
     axis.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
     axis.set(ylabel="Δ PSNR at equal rate to the control (dB)",

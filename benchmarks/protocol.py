@@ -338,13 +338,28 @@ def bd_cells(
     ]
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """``mean ± std`` of the values (std over ≥ 2 of them), or – for none."""
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± std`` of the values (std over ≥ 2 of them) to ``digits`` decimals, or – for
+    none."""
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:+.2f}"
-    return f"{statistics.fmean(values):+.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:+.{digits}f}"
+    return f"{statistics.fmean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def decode_check(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line: how many coded runs (``evaluation.json`` by run name) decode to their
+    forward pass's reconstruction within the evaluation's tolerance, naming those that do
+    not (a codec whose bitstream decodes to something else has no coded rate worth
+    comparing)."""
+    from moopt_lic.evaluate import DEFAULT_TOLERANCE
+
+    broken = [name for name, result in results.items()
+              if not result.get("max_decode_mismatch", 0.0) <= DEFAULT_TOLERANCE]  # fmt: skip
+    return (f"decode check: {len(results) - len(broken)} of {len(results)} evaluated runs "
+            f"decode to their forward reconstruction within {DEFAULT_TOLERANCE}"
+            + (f"; NOT: {', '.join(broken)}" if broken else ""))  # fmt: skip
 
 
 def write_results(stem: str, text: str, command: str) -> Path:

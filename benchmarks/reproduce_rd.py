@@ -61,6 +61,7 @@ from protocol import (
     Task,
     bd_cells,
     code_run,
+    decode_check,
     divergence,
     eval_images,
     evaluation,
@@ -263,13 +264,7 @@ def report(args: argparse.Namespace) -> str:
             lines.append(f"| {run.name} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
                          f"{r['effective_lambda']:.3g} | {r['train_seconds']:.0f} |")  # fmt: skip
     lines.append("")
-    from moopt_lic.evaluate import DEFAULT_TOLERANCE
-
-    broken = [name for name, r in results.items()
-              if not r.get("max_decode_mismatch", 0.0) <= DEFAULT_TOLERANCE]  # fmt: skip
-    lines.append(f"decode check: {len(results) - len(broken)} of {len(results)} evaluated runs "
-                 f"decode to their forward reconstruction within {DEFAULT_TOLERANCE}"
-                 + (f"; NOT: {', '.join(broken)}" if broken else ""))  # fmt: skip
+    lines.append(decode_check(results))
     for _label, anchor, test in comparisons:
         if times.get(test) and times.get(anchor):
             ratio = statistics.fmean(times[test]) / statistics.fmean(times[anchor])

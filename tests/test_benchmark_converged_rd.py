@@ -203,7 +203,63 @@ def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
     )
     rows = arm_table(args)[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| eq-qp"]  # the reseeded control is no arm
-    assert rows[0].startswith("| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.20 ± 0.14 |")
+    # better by 0.1 and 0.3 dB at 6 dB per doubling: 2^(-0.1/6) − 1 = −1.15 % of rate, −3.41 %
+    assert rows[0] == (
+        "| eq-qp | ws+ | +0.100 (4), +0.300 (4) | +0.200 ± 0.141 | -1.15; -3.41 | -2.28 ± 1.60 |"
+    )
+
+
+def test_a_diverged_run_and_an_undefined_bd_rate_are_named_not_averaged_away(args):
+    """A point lost to divergence is counted in the arm's cell, BD-rate says why it is
+    undefined, and a noise floor with no BD-rate keeps its Δ PSNR but is not judged."""
+    from converged_rd_report import arm_table, noise_floor
+
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", "eq-qp"]
+    for seed, shift in ((0, 0.0), (1, 0.05)):
+        _coded(args, "ws", seed, shift)
+    (run_folder(Run("ws", LAMBDAS[0], 1), args) / "evaluation.json").unlink()
+    assert noise_floor(args)[-1] == (
+        "Noise floor (target ≤ 0.1 dB and ≤ 1.0 %): seed (from scratch): |Δ PSNR| ≤ 0.050 dB, "
+        "BD-rate undefined (target not judged)."
+    )
+    for seed, shift in ((0, 0.0), (1, 0.05)):
+        _coded(args, "ws+", seed, shift + 0.2)
+        _coded(args, "eq-qp", seed, shift + 0.3)
+    lost = run_folder(Run("eq-qp", LAMBDAS[-1], 1), args)
+    (lost / "evaluation.json").unlink()
+    (lost / "diverged.json").write_text(json.dumps({"diverged": "loss is nan at step 7"}))
+    assert arm_table(args)[2] == (
+        "| eq-qp | ws+ | +0.100 (4), +0.100 (3, 1 diverged) | +0.100 ± 0.000 | "
+        "-1.15; undefined: eq-qp seed 1 has 3 points | -1.15 |"
+    )
+
+
+def test_nothing_starts_from_a_diverged_anchor(args, monkeypatch):
+    """Its fine-tunes and the arms holding its rate are not configured, not trained, and the
+    run table says why."""
+    import converged_rd
+    from converged_rd_report import run_table
+
+    args.seeds, args.arms, args.lambdas, args.jobs, args.minutes = (
+        [0],
+        ["ws", "ws+"],
+        [0.0035],
+        1,
+        1,
+    )
+    args.no_coding = False
+    anchor = run_folder(Run("ws", 0.0035, 0), args)
+    anchor.mkdir(parents=True)
+    (anchor / "diverged.json").write_text(json.dumps({"diverged": "loss is nan at step 7"}))
+    scheduled = {}
+    monkeypatch.setattr(converged_rd, "run_tasks",
+                        lambda tasks, *_: scheduled.update({t.name: t for t in tasks}))  # fmt: skip
+    converged_rd.work(args)
+    fine_tune = scheduled["wsplus-l0.0035-s0"]
+    assert scheduled["ws-l0.0035-s0"].done and fine_tune.args[0] is None
+    monkeypatch.setattr(converged_rd, "train_to_end", lambda *_: pytest.fail("nothing may train"))
+    fine_tune.work(*fine_tune.args)
+    assert "| wsplus-l0.0035-s0 | not trained: its anchor diverged |" in "\n".join(run_table(args))
 
 
 def test_the_plot_shows_each_seeds_difference_inside_the_noise_band(args, tmp_path, monkeypatch):

@@ -12,9 +12,11 @@ from protocol import (
     Run,
     Task,
     bd_cells,
+    decode_check,
     divergence,
     equal_rate_difference,
     folder_done,
+    mean_std,
     psnr_at_rate,
     run_tasks,
     train_to_end,
@@ -176,6 +178,23 @@ def test_bd_cells_measures_a_known_rate_saving_and_refuses_short_curves():
     assert cells.startswith("-10.00 % | -10.00 % | yes")
     assert bd_cells(anchor, ("short", test[1][:3])) == ("undefined: short has 3 points | | ", None)
     assert bd_cells(anchor, ("none", [])) == ("not run yet (none) | | ", None)
+
+
+def test_decode_check_names_every_run_that_decodes_to_something_else():
+    """A run missing its mismatch (an old evaluation) counts as decoding; NaN does not."""
+    results = {"a": {"max_decode_mismatch": 0.0}, "b": {"max_decode_mismatch": 0.5},
+               "c": {}, "d": {"max_decode_mismatch": math.nan}}  # fmt: skip
+    assert decode_check(results) == (
+        "decode check: 2 of 4 evaluated runs decode to their forward reconstruction within "
+        "0.001; NOT: b, d"
+    )
+
+
+def test_mean_std_shows_the_digits_asked_and_no_spread_for_one_value():
+    assert mean_std([]) == "–"
+    assert mean_std([0.004], 3) == "+0.004"
+    assert mean_std([0.031, 0.029], 3) == "+0.030 ± 0.001"
+    assert mean_std([0.031, 0.029]) == "+0.03 ± 0.00"
 
 
 def test_results_json_round_trip(tmp_path):

@@ -295,6 +295,9 @@ def plot(args: argparse.Namespace) -> None:
 
     figure, axes = plt.subplots(1, len(args.seeds) + 1, figsize=(5 * len(args.seeds) + 6, 4.2),
                                 squeeze=False)  # fmt: skip
+    for axis in axes[0][1 : len(args.seeds)]:  # every seed codes the same evaluation photos
+        axis.sharex(axes[0][0])
+        axis.sharey(axes[0][0])
     for axis, seed in zip(axes[0], args.seeds, strict=False):
         for index, arm in enumerate(ARMS):
             points = coded_points(args, arm, seed) if arm == "ws" or arm in args.arms else []

@@ -4,6 +4,7 @@ control at equal coded rate and by BD-rate, every run, and the R-D plot."""
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,8 @@ def report(args: argparse.Namespace) -> str:
         "first's rates):",
         "",
         *noise_floor(args),
+        "",
+        *rate_worth(args),
         "",
         "Arms against their controls, paired by seed: Δ PSNR is the arm's minus the control's "
         "at the arm's coded rates inside the control's range (positive: the arm codes better; "
@@ -201,6 +204,27 @@ def noise_floor(args: argparse.Namespace) -> list[str]:
         lines += ["", f"Noise floor (target ≤ {NOISE_TARGET_DB} dB and ≤ {NOISE_TARGET_PERCENT} "
                   f"%): {'; '.join(verdicts)}."]  # fmt: skip
     return lines
+
+
+def rate_worth(args: argparse.Namespace) -> list[str]:
+    """How steep the anchors' coded curves are between adjacent λ (dB per doubling of rate,
+    mean over the seeds with every λ coded), and so what 1 % of rate is worth in dB: it says
+    how the floor's two targets, and a BD-rate and a Δ PSNR, translate on this codec."""
+    curves = [points for seed in args.seeds
+              if len(points := coded_points(args, "ws", seed)) == len(args.lambdas)]  # fmt: skip
+    if not curves:
+        return []
+    slopes = [statistics.fmean((high[1] - low[1]) / math.log2(high[0] / low[0])
+                               for low, high in (curve[i : i + 2] for curve in curves))
+              for i in range(len(args.lambdas) - 1)]  # fmt: skip
+    shown = ", ".join(f"{slope:.2f}" for slope in slopes)
+    worth = ", ".join(f"{slope * math.log2(1.01):.3f}" for slope in slopes)
+    return [
+        f"What a BD-rate is worth here: between adjacent λ the anchors' coded curves rise by "
+        f"{shown} dB per doubling of rate (mean over {len(curves)} seed(s)), so 1 % of rate "
+        f"is worth {worth} dB at equal quality (at 6 dB per doubling, 0.086 dB: there the "
+        f"targets 0.1 dB and 1 % agree; on a flatter curve the same Δ PSNR is more rate)."
+    ]
 
 
 def _verdict(delta: float, rate: float) -> str:

@@ -209,6 +209,21 @@ def test_the_noise_floor_is_the_largest_seed_to_seed_difference(args):
     )
 
 
+def test_what_a_percent_of_rate_is_worth_follows_the_anchors_slope(args):
+    """On a curve rising 6 dB per doubling of rate 1 % of rate is worth 6·log2(1.01) dB;
+    a seed missing a λ does not count."""
+    from converged_rd_report import rate_worth
+
+    args.seeds = [0, 1]
+    assert rate_worth(args) == []
+    _coded(args, "ws", 0, 0.0)
+    _coded(args, "ws", 1, 0.3)
+    (run_folder(Run("ws", LAMBDAS[0], 1), args) / "evaluation.json").unlink()
+    (line,) = rate_worth(args)
+    assert "rise by 6.00, 6.00, 6.00 dB per doubling of rate (mean over 1 seed(s))" in line
+    assert "1 % of rate is worth 0.086, 0.086, 0.086 dB at equal quality" in line
+
+
 def test_a_diverged_run_and_an_undefined_bd_rate_are_named_not_averaged_away(args):
     """A point lost to divergence is counted in the arm's cell, BD-rate says why it is
     undefined, and a noise floor with no BD-rate keeps its Δ PSNR but is not judged."""

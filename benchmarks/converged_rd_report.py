@@ -58,8 +58,8 @@ def report(args: argparse.Namespace) -> str:
         *operating_points(args),
         "",
         "Noise floor (runs that differ only by chance: the same arm at two seeds, and the "
-        "control fine-tuned on data drawn by another seed; Δ PSNR of the second run at the "
-        "first's rates):",
+        "control fine-tuned on data drawn by another seed; Δ PSNR: the first run named "
+        "minus the second, at the first's coded rates):",
         "",
         *noise_floor(args),
         "",

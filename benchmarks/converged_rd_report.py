@@ -23,8 +23,9 @@ from converged_rd_protocol import (
 from protocol import (
     FINETUNE_LR,
     IMAGES,
+    BDRate,
     Run,
-    bd_cells,
+    bd_rate,
     decode_check,
     divergence,
     equal_rate_difference,
@@ -158,14 +159,14 @@ def noise_pairs(args: argparse.Namespace) -> dict[str, list[tuple[tuple[str, int
 
 def compared(
     args: argparse.Namespace, base: tuple[str, int], other: tuple[str, int]
-) -> tuple[float, int, str, float | None]:
+) -> tuple[float, int, BDRate]:
     """``other``'s coded curve against ``base``'s ((arm, seed) each): Δ PSNR at equal rate,
-    the points it averages, the BD-rate cells and the pchip BD-rate (%)."""
+    the points it averages, and the BD-rate."""
     base_points, other_points = coded_points(args, *base), coded_points(args, *other)
     difference, count = equal_rate_difference(other_points, base_points)
-    cells, pchip = bd_cells((f"{base[0]} seed {base[1]}", base_points),
-                            (f"{other[0]} seed {other[1]}", other_points))  # fmt: skip
-    return difference, count, cells, pchip
+    rate = bd_rate((f"{base[0]} seed {base[1]}", base_points),
+                   (f"{other[0]} seed {other[1]}", other_points))  # fmt: skip
+    return difference, count, rate
 
 
 def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float | None]]:
@@ -174,8 +175,8 @@ def noise_floors(args: argparse.Namespace) -> dict[str, tuple[float, float | Non
     floors = {}
     for kind, pairs in noise_pairs(args).items():
         results = [compared(args, base, other) for base, other in pairs]
-        deltas = [abs(difference) for difference, count, _, _ in results if count]
-        rates = [abs(pchip) for *_, pchip in results if pchip is not None]
+        deltas = [abs(difference) for difference, count, _ in results if count]
+        rates = [abs(rate.pchip) for *_, rate in results if rate.pchip is not None]
         if deltas:
             floors[kind] = (max(deltas), max(rates) if rates else None)
     return floors
@@ -190,10 +191,10 @@ def noise_floor(args: argparse.Namespace) -> list[str]:
     ]
     for kind, pairs in noise_pairs(args).items():
         for base, other in pairs:
-            difference, count, cells, _ = compared(args, base, other)
+            difference, count, rate = compared(args, base, other)
             shown = "–" if count == 0 else f"{difference:+.3f} ({count} points)"
             lines.append(f"| {kind} | {other[0]} seed {other[1]} vs {base[0]} seed {base[1]} | "
-                         f"{shown} | {cells} |")  # fmt: skip
+                         f"{shown} | {rate.cells} |")  # fmt: skip
     verdicts = [
         f"{kind}: |Δ PSNR| ≤ {delta:.3f} dB, "
         + ("BD-rate undefined (target not judged)" if rate is None
@@ -244,7 +245,7 @@ def arm_table(args: argparse.Namespace) -> list[str]:
             continue
         deltas, rates, delta_cells, rate_cells = [], [], [], []
         for seed in args.seeds:
-            difference, count, cells, pchip = compared(args, (control, seed), (arm, seed))
+            difference, count, rate = compared(args, (control, seed), (arm, seed))
             lost = [lm for lm in args.lambdas
                     if divergence(run_folder(Run(arm, lm, seed), args)) is not None]  # fmt: skip
             # a diverged run leaves no point: the mean would be over the survivors
@@ -252,8 +253,8 @@ def arm_table(args: argparse.Namespace) -> list[str]:
             deltas += [difference] if count else []
             delta_cells.append(f"–{lost_note}" if not count
                                else f"{difference:+.3f} ({count}{lost_note})")  # fmt: skip
-            rates += [pchip] if pchip is not None else []
-            rate_cells.append(cells.split(" |")[0] if pchip is None else f"{pchip:+.2f}")
+            rates += [rate.pchip] if rate.pchip is not None else []
+            rate_cells.append(rate.undefined if rate.pchip is None else f"{rate.pchip:+.2f}")
         lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas, 3)} | "
                      f"{'; '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
     return lines
@@ -306,7 +307,7 @@ def time_ratios(args: argparse.Namespace) -> list[str]:
             interleaved = interleaved_ratio(arm, control)
             beside = "" if interleaved is None else f" (interleaved per step: {interleaved:.2f})"
             lines.append(f"- {arm} / {control}: {ratio:.2f}{beside}")
-    return lines
+    return lines or ["- none yet: no arm has finished a run beside its control's"]
 
 
 def plot(args: argparse.Namespace) -> None:
@@ -352,7 +353,7 @@ def plot_deltas(axis: Axes, args: argparse.Namespace) -> None:
             axis.fill_between([position - 0.4, position + 0.4], -floors[kind][0],
                               floors[kind][0], color="0.85")  # fmt: skip
         for seed in args.seeds:
-            difference, count, _, _ = compared(args, (CONTROL[arm], seed), (arm, seed))
+            difference, count, _ = compared(args, (CONTROL[arm], seed), (arm, seed))
             if count:
                 axis.plot(position, difference, "o", color=f"C{seed}",
                           label=None if seed in labelled else f"seed {seed}")  # fmt: skip

@@ -300,15 +300,33 @@ def equal_rate_difference(
     return (statistics.mean(differences) if differences else math.nan), len(differences)
 
 
-def bd_cells(
+@dataclass(frozen=True)
+class BDRate:
+    """One curve's BD-rate against another's (%; negative = a rate saving), or why there is
+    none: ``pchip`` is None exactly when ``undefined`` says why."""
+
+    pchip: float | None
+    cubic: float | None = None
+    #: "yes", or how the estimate is fragile (pchip and cubic disagree; Pareto fronts used).
+    stability: str = ""
+    undefined: str | None = None
+
+    @property
+    def cells(self) -> str:
+        """Three table cells: pchip, cubic, stable (or the reason, then two empty cells)."""
+        if self.pchip is None or self.cubic is None:
+            return f"{self.undefined} | | "
+        return f"{self.pchip:+.2f} % | {self.cubic:+.2f} % | {self.stability}"
+
+
+def bd_rate(
     anchor: tuple[str, Sequence[tuple[float, float]]],
     test: tuple[str, Sequence[tuple[float, float]]],
-) -> tuple[str, float | None]:
-    """BD-rate of ``test`` against ``anchor`` ((label, points) each) as table cells (pchip,
-    cubic, stable; or why it is undefined) and the pchip value (None if undefined).
+) -> BDRate:
+    """BD-rate of ``test`` against ``anchor`` ((label, points) each).
 
     A curve that is not monotonic is compared by its Pareto front (its dominated points left
-    out, the cell says how many) if four points remain.
+    out, the stability says how many) if four points remain.
     """
     import numpy as np
 
@@ -318,9 +336,9 @@ def bd_cells(
     curves = []
     for label, points in (anchor, test):
         if not points:
-            return f"not run yet ({label}) | | ", None
+            return BDRate(None, undefined=f"not run yet ({label})")
         if len(points) < 4:
-            return f"undefined: {label} has {len(points)} points | | ", None
+            return BDRate(None, undefined=f"undefined: {label} has {len(points)} points")
         bpp, psnr = zip(*sorted(points), strict=True)
         curves.append(Curve(label, np.array(bpp), np.array(psnr)))
     try:
@@ -329,13 +347,11 @@ def bd_cells(
         try:
             c = compare(*curves, pareto_front=True)
         except InputError as front:
-            return f"undefined: {strict} ({front}) | | ", None
-    stable = "no (pchip and cubic disagree)" if c.unstable else "yes"
+            return BDRate(None, undefined=f"undefined: {strict} ({front})")
+    stability = "no (pchip and cubic disagree)" if c.unstable else "yes"
     if any(c.dropped):
-        stable += f"; Pareto fronts (dominated points left out: {c.dropped[0]}, {c.dropped[1]})"
-    return f"{c.bd_rate['pchip']:+.2f} % | {c.bd_rate['cubic']:+.2f} % | {stable}", c.bd_rate[
-        "pchip"
-    ]
+        stability += f"; Pareto fronts (dominated points left out: {c.dropped[0]}, {c.dropped[1]})"
+    return BDRate(c.bd_rate["pchip"], c.bd_rate["cubic"], stability)
 
 
 def mean_std(values: Sequence[float], digits: int = 2) -> str:

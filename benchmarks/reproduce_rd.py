@@ -57,9 +57,10 @@ from protocol import (
     LAMBDA_GRID,
     ROOT,
     Arm,
+    BDRate,
     Run,
     Task,
-    bd_cells,
+    bd_rate,
     code_run,
     decode_check,
     divergence,
@@ -216,12 +217,12 @@ def curve(results: dict[str, dict], arm: str, seed: int, lambdas) -> list[tuple[
     return sorted((results[n]["bpp"], results[n]["psnr"]) for n in runs if n in results)
 
 
-def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> tuple[str, float | None]:
-    """``test`` vs ``anchor`` ((arm, seed, λs) each): the BD-rate cells and pchip value."""
+def bd(results: dict[str, dict], anchor: tuple, test: tuple) -> BDRate:
+    """``test`` vs ``anchor`` ((arm, seed, λs) each): its BD-rate."""
     (arm_a, seed_a, lambdas_a), (arm_t, seed_t, lambdas_t) = anchor, test
     points_a = curve(results, arm_a, seed_a, lambdas_a)
     points_t = curve(results, arm_t, seed_t, lambdas_t)
-    return bd_cells((f"{arm_a} seed {seed_a}", points_a), (f"{arm_t} seed {seed_t}", points_t))
+    return bd_rate((f"{arm_a} seed {seed_a}", points_a), (f"{arm_t} seed {seed_t}", points_t))
 
 
 def evaluated_results(args: argparse.Namespace) -> dict[str, dict]:
@@ -239,14 +240,14 @@ def report(args: argparse.Namespace) -> str:
     comparisons = [c for c in COMPARISONS if c[2] in args.arms]
     for label, anchor, test in comparisons:
         for seed in SEEDS:
-            cells, pchip = bd(results, (anchor, seed, lambdas_of(anchor)),
-                              (test, seed, lambdas_of(test)))  # fmt: skip
-            lines.append(f"| {label} | {seed} | {cells} |")
-            if pchip is not None:
-                summary.setdefault(label, []).append(pchip)
+            rate = bd(results, (anchor, seed, lambdas_of(anchor)),
+                      (test, seed, lambdas_of(test)))  # fmt: skip
+            lines.append(f"| {label} | {seed} | {rate.cells} |")
+            if rate.pchip is not None:
+                summary.setdefault(label, []).append(rate.pchip)
     for lambdas, which in ((LAMBDAS, "grid λ"), (lambdas_of("A"), "all λ")):
-        noise, _ = bd(results, ("A", SEEDS[0], lambdas), ("A", SEEDS[1], lambdas))
-        lines.append(f"| A seed 1 vs A seed 0 (noise floor, {which}) | – | {noise} |")
+        noise = bd(results, ("A", SEEDS[0], lambdas), ("A", SEEDS[1], lambdas))
+        lines.append(f"| A seed 1 vs A seed 0 (noise floor, {which}) | – | {noise.cells} |")
     for label, values in summary.items():
         if len(values) > 1:
             lines.append(

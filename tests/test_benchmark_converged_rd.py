@@ -425,6 +425,15 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm in TARGETED:
         target = _metrics_of(run_folder(Run(arm, lmbda, 0), args))["target"]["value"]
         assert f"| {Run(arm, lmbda, 0).name} | {target:.4f} |" in text
+    for arm, control in CONTROL.items():  # every arm's time is set against its control's
+        assert f"\n- {arm} / {control}: " in text
+
+
+def test_time_ratios_say_so_when_no_arm_has_finished_beside_its_control(args):
+    from converged_rd_report import time_ratios
+
+    args.seeds, args.arms = [0], list(ARMS)
+    assert time_ratios(args) == ["- none yet: no arm has finished a run beside its control's"]
 
 
 def _metrics_of(folder):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from protocol import (
     Arm,
+    BDRate,
     Run,
     Task,
-    bd_cells,
+    bd_rate,
     decode_check,
     divergence,
     equal_rate_difference,
@@ -168,16 +169,19 @@ def test_psnr_at_rate_interpolates_in_log_rate_without_extrapolating():
     assert math.isnan(equal_rate_difference([(0.9, 1.0)], curve)[0])
 
 
-def test_bd_cells_measures_a_known_rate_saving_and_refuses_short_curves():
+def test_bd_rate_measures_a_known_rate_saving_and_refuses_short_curves():
     bpp = np.array([0.1, 0.2, 0.4, 0.8])
     psnr = 30 + 6 * np.log2(bpp / 0.1)
     anchor = ("anchor", list(zip(bpp, psnr, strict=True)))
     test = ("test", list(zip(0.9 * bpp, psnr, strict=True)))
-    cells, pchip = bd_cells(anchor, test)
-    assert pchip == pytest.approx(-10.0, abs=1e-6)
-    assert cells.startswith("-10.00 % | -10.00 % | yes")
-    assert bd_cells(anchor, ("short", test[1][:3])) == ("undefined: short has 3 points | | ", None)
-    assert bd_cells(anchor, ("none", [])) == ("not run yet (none) | | ", None)
+    rate = bd_rate(anchor, test)
+    assert rate.pchip == pytest.approx(-10.0, abs=1e-6)
+    assert rate.cubic == pytest.approx(-10.0, abs=1e-6)
+    assert rate.cells == "-10.00 % | -10.00 % | yes"
+    short = bd_rate(anchor, ("short", test[1][:3]))
+    assert short == BDRate(None, undefined="undefined: short has 3 points")
+    assert short.cells == "undefined: short has 3 points | | "
+    assert bd_rate(anchor, ("none", [])).cells == "not run yet (none) | | "
 
 
 def test_decode_check_names_every_run_that_decodes_to_something_else():

@@ -228,6 +228,10 @@ def rate_worth(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def _span(points: list[tuple[float, float]]) -> str:
+    return f"{points[0][0]:.3f}–{points[-1][0]:.3f}"
+
+
 def _verdict(delta: float, rate: float) -> str:
     reached = delta <= NOISE_TARGET_DB and rate <= NOISE_TARGET_PERCENT
     return "reached" if reached else "not reached"
@@ -251,8 +255,15 @@ def arm_table(args: argparse.Namespace) -> list[str]:
             # a diverged run leaves no point: the mean would be over the survivors
             lost_note = f", {len(lost)} diverged" if lost else ""
             deltas += [difference] if count else []
-            delta_cells.append(f"–{lost_note}" if not count
-                               else f"{difference:+.3f} ({count}{lost_note})")  # fmt: skip
+            if count:
+                delta_cells.append(f"{difference:+.3f} ({count}{lost_note})")
+            elif (ours := coded_points(args, arm, seed)) and (
+                theirs := coded_points(args, control, seed)
+            ):  # coded, yet nowhere at the control's rates: the arm lost the operating point
+                delta_cells.append(f"– (no common rate: {_span(ours)} vs {_span(theirs)} bpp"
+                                   f"{lost_note})")  # fmt: skip
+            else:
+                delta_cells.append(f"–{lost_note}")
             rates += [rate.pchip] if rate.pchip is not None else []
             rate_cells.append(rate.undefined if rate.pchip is None else f"{rate.pchip:+.2f}")
         lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas, 3)} | "

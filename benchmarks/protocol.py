@@ -343,11 +343,11 @@ def bd_rate(
         curves.append(Curve(label, np.array(bpp), np.array(psnr)))
     try:
         c = compare(*curves)
-    except InputError as strict:
+    except InputError:
         try:
             c = compare(*curves, pareto_front=True)
-        except InputError as front:
-            return BDRate(None, undefined=f"undefined: {strict} ({front})")
+        except InputError as front:  # what even the fronts lack (dominated points dropped)
+            return BDRate(None, undefined=f"undefined: {front}")
     stability = "no (pchip and cubic disagree)" if c.unstable else "yes"
     if any(c.dropped):
         stability += f"; Pareto fronts (dominated points left out: {c.dropped[0]}, {c.dropped[1]})"

@@ -249,6 +249,31 @@ def test_a_diverged_run_and_an_undefined_bd_rate_are_named_not_averaged_away(arg
     )
 
 
+def test_an_arm_that_lost_the_operating_point_is_shown_apart_from_its_control(args):
+    """An arm coded only at rates its control never reached has no Δ PSNR at equal rate: its
+    cell gives both rate spans; its BD-rate names the reason in a line (no overlap; a
+    Pareto front too short), without the command-line advice of ``moopt_lic.compare``."""
+    from converged_rd_report import arm_table
+
+    args.seeds, args.arms = [0, 1], ["ws", "ws+", "eq-qp"]
+    for seed in (0, 1):
+        _coded(args, "ws+", seed, 0.0)
+    collapsed = {0: [(0.003, 14.0), (0.006, 15.0), (0.012, 16.0), (0.024, 17.0)],
+                 1: [(0.003, 14.0), (0.029, 15.4), (0.030, 17.5), (0.042, 13.7)]}  # fmt: skip
+    for seed, points in collapsed.items():
+        for lmbda, (bpp, psnr) in zip(LAMBDAS, points, strict=True):
+            folder = run_folder(Run("eq-qp", lmbda, seed), args)
+            folder.mkdir(parents=True)
+            (folder / "evaluation.json").write_text(json.dumps({"bpp": bpp, "psnr": psnr}))
+    assert arm_table(args)[2] == (
+        "| eq-qp | ws+ | – (no common rate: 0.003–0.024 vs 0.100–0.800 bpp), – (no common "
+        "rate: 0.003–0.042 vs 0.100–0.800 bpp) | – | undefined: the curves 'ws+ seed 0' "
+        "(30.00–48.00 dB) and 'eq-qp seed 0' (14.00–17.00 dB) do not overlap in quality: "
+        "BD-rate is undefined (extend the λ grid); undefined: the Pareto front of 'eq-qp seed "
+        "1' keeps 3 point(s); BD-rate needs at least 4 | – |"
+    )
+
+
 def test_nothing_starts_from_a_diverged_anchor(args, monkeypatch):
     """Its fine-tunes and the arms holding its rate are not configured, not trained, and the
     run table says why."""

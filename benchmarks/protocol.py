@@ -346,7 +346,7 @@ def bd_rate(
     except InputError:
         try:
             c = compare(*curves, pareto_front=True)
-        except InputError as front:  # what even the fronts lack (dominated points dropped)
+        except InputError as front:  # the reason left once dominated points are dropped
             return BDRate(None, undefined=f"undefined: {front}")
     stability = "no (pchip and cubic disagree)" if c.unstable else "yes"
     if any(c.dropped):

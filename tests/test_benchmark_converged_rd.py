@@ -173,13 +173,15 @@ def test_the_finished_calibration_run_of_the_protocols_length_is_the_first_ancho
 
 def _coded(args, arm, seed, shift_db):
     """A coded run at every λ: PSNR = 30 + 6·log2(bpp / 0.1) + shift."""
-    import math
+    rates = [0.1 * 2**index for index in range(len(LAMBDAS))]
+    _coded_at(args, arm, seed, [(bpp, 30 + 6 * math.log2(bpp / 0.1) + shift_db) for bpp in rates])
 
-    for index, lmbda in enumerate(LAMBDAS):
+
+def _coded_at(args, arm, seed, points):
+    """A coded run at every λ, at the given (bpp, PSNR), one a λ."""
+    for lmbda, (bpp, psnr) in zip(LAMBDAS, points, strict=True):
         folder = run_folder(Run(arm, lmbda, seed), args)
         folder.mkdir(parents=True)
-        bpp = 0.1 * 2**index
-        psnr = 30 + 6 * math.log2(bpp / 0.1) + shift_db
         (folder / "evaluation.json").write_text(json.dumps({"bpp": bpp, "psnr": psnr}))
 
 
@@ -261,10 +263,7 @@ def test_an_arm_that_lost_the_operating_point_is_shown_apart_from_its_control(ar
     collapsed = {0: [(0.003, 14.0), (0.006, 15.0), (0.012, 16.0), (0.024, 17.0)],
                  1: [(0.003, 14.0), (0.029, 15.4), (0.030, 17.5), (0.042, 13.7)]}  # fmt: skip
     for seed, points in collapsed.items():
-        for lmbda, (bpp, psnr) in zip(LAMBDAS, points, strict=True):
-            folder = run_folder(Run("eq-qp", lmbda, seed), args)
-            folder.mkdir(parents=True)
-            (folder / "evaluation.json").write_text(json.dumps({"bpp": bpp, "psnr": psnr}))
+        _coded_at(args, "eq-qp", seed, points)
     assert arm_table(args)[2] == (
         "| eq-qp | ws+ | – (no common rate: 0.003–0.024 vs 0.100–0.800 bpp), – (no common "
         "rate: 0.003–0.042 vs 0.100–0.800 bpp) | – | undefined: the curves 'ws+ seed 0' "

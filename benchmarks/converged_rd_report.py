@@ -14,6 +14,7 @@ from converged_rd_protocol import (
     FINETUNE_STEPS,
     RESEEDED,
     SCRATCH_STEPS,
+    TARGETED,
     all_runs,
     anchor_divergence,
     interleaved_ratio,
@@ -34,7 +35,10 @@ from protocol import (
     mean_std,
     run_metrics,
     scalar_histories,
+    target_losses,
 )
+
+from moopt_lic.targets import ACHIEVED_FRACTION, Target
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -72,6 +76,8 @@ def report(args: argparse.Namespace) -> str:
         "(negative: the arm saves rate).",
         "",
         *arm_table(args),
+        "",
+        *target_holding(args),
         "",
         "Training-time ratios (mean over the runs; a run shares the machine with as many "
         "others as were started beside it, so these are rough; in brackets the same two "
@@ -269,6 +275,45 @@ def arm_table(args: argparse.Namespace) -> list[str]:
         lines.append(f"| {arm} | {control} | {', '.join(delta_cells)} | {mean_std(deltas, 3)} | "
                      f"{'; '.join(rate_cells)} | {mean_std(rates)} |")  # fmt: skip
     return lines
+
+
+def target_holding(args: argparse.Namespace) -> list[str]:
+    """How the targeted arms held their target over the last ``ACHIEVED_FRACTION`` of their
+    steps (the window of ``achieved``): the targeted loss's mean and geometric mean over the
+    target, and the batch spread ``exp(σ²/2) − 1`` (σ: the std of its log) that separates
+    the two for log-normal batches; in %, mean ± std over each arm's runs."""
+    lines = [
+        "| arm | runs | mean over target (%) | geometric mean over target (%) | "
+        "exp(σ²/2) − 1 (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in (arm for arm in args.arms if arm in TARGETED):
+        offsets = []
+        for run in (Run(arm, lm, seed) for lm in args.lambdas for seed in args.seeds):
+            folder = run_folder(run, args)
+            metrics, losses = run_metrics(folder), target_losses(folder)
+            if metrics is None or losses is None or divergence(folder) is not None:
+                continue
+            target = Target(metrics["target"]["objective"], metrics["target"]["value"],
+                            metrics["lambda"])  # fmt: skip
+            window = losses[-max(1, math.ceil(ACHIEVED_FRACTION * len(losses))) :]
+            logs = [math.log(loss / target.loss) for loss in window]
+            offsets.append((100 * (statistics.fmean(window) / target.loss - 1),
+                            100 * math.expm1(statistics.fmean(logs)),
+                            100 * math.expm1(statistics.pvariance(logs) / 2)))  # fmt: skip
+        if offsets:
+            cells = " | ".join(mean_std(column) for column in zip(*offsets, strict=True))
+            lines.append(f"| {arm} | {len(offsets)} | {cells} |")
+    if len(lines) == 2:
+        return []
+    return [
+        "How the targets held (training, the last tenth of each run's steps): the controller "
+        "acts on the log error, so it holds the geometric mean of the batches' targeted "
+        "loss; their mean sits above it by about the batch spread exp(σ²/2) − 1 (σ: the std "
+        "of the log loss from batch to batch).",
+        "",
+        *lines,
+    ]
 
 
 def run_table(args: argparse.Namespace) -> list[str]:

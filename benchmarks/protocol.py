@@ -211,6 +211,16 @@ def run_metrics(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def target_losses(folder: Path) -> list[float] | None:
+    """The targeted objective's loss at every step, from the run's last checkpoint (None
+    without a checkpoint or a target); loaded safely, as any checkpoint."""
+    from moopt_lic.checkpoint import load_safely
+
+    path = folder / "checkpoint.pt"
+    losses = load_safely(path).get("target_losses") if path.exists() else None
+    return [float(loss) for loss in losses] if losses else None
+
+
 def evaluation(folder: Path) -> dict[str, Any] | None:
     """The run's evaluation.json, or None if it is not coded yet."""
     path = folder / "evaluation.json"

@@ -451,6 +451,7 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
         assert f"| {Run(arm, lmbda, 0).name} | {target:.4f} |" in text
     for arm, control in CONTROL.items():  # every arm's time is set against its control's
         assert f"\n- {arm} / {control}: " in text
+    assert "\n| eq-qp-t | 1 | " in text  # how the target held, from the run's checkpoint
 
 
 def test_time_ratios_say_so_when_no_arm_has_finished_beside_its_control(args):
@@ -545,3 +546,30 @@ def test_the_lambda_grid_is_judged_by_each_seeds_validation_rate(args):
     assert operating_points(args)[-1] == (
         "The λ grid spans seed 0 0.13–0.60 bpp, seed 1 0.15–0.50 bpp, not about 0.1–0.8 bpp."
     )
+
+
+def test_the_report_shows_the_targets_held_as_a_geometric_mean_beside_the_batch_spread(args):
+    """Batch rates t·e^(±s) in turn: the geometric mean is the target, the mean sits cosh(s) − 1
+    above it, and the spread column is exp(s²/2) − 1; a run without a checkpoint is left out."""
+    import torch
+    from converged_rd_report import target_holding
+
+    args.seeds, args.arms = [0], ["ws+", "eq-qp-t"]
+    target, spread = 0.2, 0.2
+    for lmbda in LAMBDAS[:2]:
+        folder = run_folder(Run("eq-qp-t", lmbda, 0), args)
+        folder.mkdir(parents=True)
+        metrics = {"lambda": lmbda, "target": {"objective": "rate", "value": target}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        # the first 90 % of the steps lie outside the window and must not count
+        losses = [10 * target] * 90 + [target * math.exp(spread * (-1) ** i) for i in range(10)]
+        torch.save({"target_losses": losses}, folder / "checkpoint.pt")
+    unfinished = run_folder(Run("eq-qp-t", LAMBDAS[2], 0), args)
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.json").write_text(json.dumps(metrics))
+    mean = 100 * (math.cosh(spread) - 1)
+    batch = 100 * math.expm1(spread**2 / 2)
+    row = f"| eq-qp-t | 2 | +{mean:.2f} ± 0.00 | +0.00 ± 0.00 | +{batch:.2f} ± 0.00 |"
+    assert row in target_holding(args)
+    args.arms = ["ws+"]  # no targeted arm: no section
+    assert target_holding(args) == []

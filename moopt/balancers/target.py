@@ -53,6 +53,10 @@ on a lightly smoothed error does most of the work; the integral removes the stea
 that the coarse-to-fine logits, Adam's per-coordinate steps or the curvature leave. With
 ``gain=0`` (a plain integrator) or a small gain, the controlled objective oscillates against
 the coarse-to-fine logits.
+
+The integral settles where the smoothed *log* error averages zero: the controller holds the
+geometric mean of a noisy objective, and its mean sits about ``exp(σ²/2)`` above it (σ: the
+step-to-step standard deviation of ``log L_j``; ≈ 2.5 % for a codec's rate on random crops).
 """
 
 from __future__ import annotations

@@ -2,17 +2,16 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from crashes import killed_before_checkpoint
 
 from moopt_lic import Distortion, InputError, TrainConfig, TrainingDiverged, load_model, train
 from moopt_lic.cli import main
@@ -205,19 +204,13 @@ def test_sigkill_and_resume_is_bit_identical(test_images, tmp_path, form):
     subprocess.run([*command, "-o", str(tmp_path / "full")], check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*command, "-o", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = subprocess.run(
+        [sys.executable, "-c", killed_before_checkpoint(8), *common, "-o", str(killed)],
+        capture_output=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        checkpoint = killed / "checkpoint.pt"
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["step"] >= 6:
-            break
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, process.stderr
     step_at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
-    assert 6 <= step_at_kill < 14
+    assert step_at_kill == 7
     same = form == "the same command line"
     again = [*common, "-o", str(killed)] if same else ["-o", str(killed)]
     resumed = subprocess.run(

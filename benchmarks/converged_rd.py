@@ -11,8 +11,10 @@ effective λ and weights, and the training-time ratios.
 
 Runs are resumable: each invocation works for at most ``--minutes``, ``--jobs`` runs at a
 time (1 thread each), finished runs are skipped and stopped ones continue from their last
-checkpoint. ``--pack`` writes the results of every finished run into one archive (what a
-GPU machine sends back).
+checkpoint. Each finished run is kept in ``benchmarks/results/converged_rd_runs/`` (commit
+it: ``kept_runs.py``), and put back from there into a runs folder that lacks it, so a fresh
+checkout reports and goes on from every run kept. ``--pack`` writes the results of every
+finished run into one archive (what a GPU machine sends back).
 
     python benchmarks/converged_rd.py --stage calibrate   # first: ≈ 2 h a codec on one core
     python benchmarks/converged_rd.py --stage probe-crops # the crop size (64² codec)
@@ -40,21 +42,28 @@ from converged_rd_protocol import (
     CALIBRATION_STEPS,
     CODEC,
     CODECS,
+    KEPT,
+    KEPT_SCALARS,
     LAMBDAS,
     SEEDS,
+    STARTED_FROM,
     all_runs,
     anchor_divergence,
     config_for,
+    kept_folder,
     link_calibration_anchor,
     run_folder,
 )
 from converged_rd_report import report
+from kept_runs import keep, restore
 from protocol import (
     ROOT,
     Run,
     Task,
     code_run,
+    divergence,
     eval_images,
+    evaluation,
     folder_done,
     run_tasks,
     to_code,
@@ -74,6 +83,24 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
     folder = run_folder(run, args)
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
+    keep_run(run, args)
+
+
+def keep_run(run: Run, args: argparse.Namespace) -> None:
+    """Keep the run (``kept_runs.py``) once it has its result, coded or diverged, unless it is
+    kept already; its weights only if other runs start from it."""
+    folder, kept = run_folder(run, args), kept_folder(run, args)
+    result = divergence(folder) is not None or evaluation(folder) is not None
+    if folder_done(folder) and result and not kept.exists():
+        keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM)
+
+
+def restore_kept(args: argparse.Namespace) -> None:
+    """Put every kept run back that the runs folder lacks."""
+    restored = [run.name for run in all_runs(args)
+                if restore(kept_folder(run, args), run_folder(run, args))]  # fmt: skip
+    if restored:
+        print(f"restored {len(restored)} kept run(s) from {args.kept}", flush=True)
 
 
 def work(args: argparse.Namespace) -> None:
@@ -133,6 +160,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--no-coding", action="store_true", help="train only (code later)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "converged_rd")
+    parser.add_argument("--kept", type=Path, default=KEPT,
+                        help="where finished runs are kept, and restored from")  # fmt: skip
     parser.add_argument("--pack", type=Path, help="also write the finished runs to this .tar.gz")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -145,8 +174,11 @@ def main() -> None:
     if args.stage in calibrations:
         calibrations[args.stage](args)
         return
+    restore_kept(args)
     if args.stage == "all":
         work(args)
+        for run in all_runs(args):  # runs an older invocation finished
+            keep_run(run, args)
     if args.pack:
         pack(args)
     text = report(args)

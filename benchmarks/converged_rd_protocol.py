@@ -137,6 +137,15 @@ OVERHEAD_VARIANTS = {
     "c2f-scratch-t": "coarse-to-fine, re-evaluate every step",
 }
 OVERHEAD_TIMES = RESULTS / "step_overhead_all_cpu.json"
+#: Where the finished runs are kept (committed): ``kept_runs.py``.
+KEPT = RESULTS / "converged_rd_runs"
+#: The scalars of a run's log that the protocol and the report read: the anchor's settled
+#: training rate (``anchor_rate``), the last validation (``last_validation``), the final
+#: weights (``converged_rd_report.run_table``).
+KEPT_SCALARS = ("train/rate_bpp", "val/bpp", "val/psnr", "balancer/weight_rate",
+                "balancer/weight_distortion")  # fmt: skip
+#: The arms other runs start from: their kept runs keep their weights.
+STARTED_FROM = frozenset(spec.start_from for spec in ARMS.values() if spec.start_from)
 
 
 def calibration_folder(codec: str, steps: int, args: argparse.Namespace) -> Path:
@@ -196,6 +205,11 @@ def anchor_divergence(run: Run, args: argparse.Namespace, codec: str = CODEC) ->
 def run_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:
     """Where a run of the protocol trains ``codec`` (one folder of runs a codec)."""
     return args.out / codec / run.name
+
+
+def kept_folder(run: Run, args: argparse.Namespace, codec: str = CODEC) -> Path:
+    """Where the run's compact copy is kept once it has finished (``kept_runs.py``)."""
+    return args.kept / codec / run.name
 
 
 def config_for(run: Run, args: argparse.Namespace, codec: str = CODEC) -> dict:

@@ -4,6 +4,7 @@ an arm holds, what each run is configured with, and what the report compares."""
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 from converged_rd_calibration import calibration_report
@@ -22,6 +23,7 @@ from converged_rd_protocol import (
     calibration_config,
     calibration_folder,
     config_for,
+    kept_folder,
     run_folder,
     settled_means,
 )
@@ -52,7 +54,10 @@ def _finished(folder, bpp, psnr, seconds=1.0, training=None):
 
 @pytest.fixture
 def args(tmp_path):
-    return argparse.Namespace(out=tmp_path, device="cpu", threads=1, lambdas=list(LAMBDAS))
+    return argparse.Namespace(
+        out=tmp_path / "runs", kept=tmp_path / "kept", device="cpu", threads=1,
+        lambdas=list(LAMBDAS),
+    )  # fmt: skip
 
 
 def test_converged_when_the_last_doubling_gains_under_a_tenth_of_a_db(args):
@@ -427,6 +432,7 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     import converged_rd_protocol
     import converged_rd_report
 
+    from moopt_lic.checkpoint import load_safely
     from moopt_lic.data import ImageSet
 
     tiny = {"model": "mbt2018-mean", "N": 8, "M": 8, "patch_size": 64, "batch_size": 2}
@@ -452,6 +458,13 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm, control in CONTROL.items():  # every arm's time is set against its control's
         assert f"\n- {arm} / {control}: " in text
     assert "\n| eq-qp-t | 1 | " in text  # how the target held, from the run's checkpoint
+    # every run is kept; a fresh checkout restores them and reports the same
+    for arm in ARMS:
+        kept = load_safely(kept_folder(Run(arm, lmbda, 0), args) / "checkpoint.pt")
+        assert ("model" in kept) == (arm == "ws"), arm  # the weights of what others start from
+    shutil.rmtree(args.out)
+    converged_rd.restore_kept(args)
+    assert converged_rd_report.report(args) == text
 
 
 def test_time_ratios_say_so_when_no_arm_has_finished_beside_its_control(args):

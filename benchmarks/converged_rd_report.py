@@ -308,8 +308,8 @@ def target_holding(args: argparse.Namespace) -> list[str]:
         return []
     return [
         "How the targets held (training, the last tenth of each run's steps): the controller "
-        "acts on the log error, so it holds the geometric mean of the batches' targeted "
-        "loss; their mean sits above it by about the batch spread exp(σ²/2) − 1 (σ: the std "
+        "smooths the batches' targeted loss before its log, so it holds their mean; their "
+        "geometric mean sits below it by about the batch spread exp(σ²/2) − 1 (σ: the std "
         "of the log loss from batch to batch).",
         "",
         *lines,

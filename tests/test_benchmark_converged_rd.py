@@ -561,7 +561,7 @@ def test_the_lambda_grid_is_judged_by_each_seeds_validation_rate(args):
     )
 
 
-def test_the_report_shows_the_targets_held_as_a_geometric_mean_beside_the_batch_spread(args):
+def test_the_report_shows_the_mean_and_geometric_mean_held_beside_the_batch_spread(args):
     """Batch rates t·e^(±s) in turn: the geometric mean is the target, the mean sits cosh(s) − 1
     above it, and the spread column is exp(s²/2) − 1; a run without a checkpoint is left out."""
     import torch

@@ -465,6 +465,10 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     shutil.rmtree(args.out)
     converged_rd.restore_kept(args)
     assert converged_rd_report.report(args) == text
+    before = {path: path.stat().st_mtime_ns for path in args.out.rglob("*")}
+    args.jobs, args.minutes, args.lambdas = 1, 1.0, [lmbda]
+    converged_rd.work(args)  # restored runs count as finished: nothing trains or is refused
+    assert {path: path.stat().st_mtime_ns for path in args.out.rglob("*")} == before
 
 
 def test_time_ratios_say_so_when_no_arm_has_finished_beside_its_control(args):

@@ -177,8 +177,8 @@ def main() -> None:
     restore_kept(args)
     if args.stage == "all":
         work(args)
-        for run in all_runs(args):  # runs an older invocation finished
-            keep_run(run, args)
+    for run in all_runs(args):  # finished by an older invocation, or unpacked from --pack
+        keep_run(run, args)
     if args.pack:
         pack(args)
     text = report(args)

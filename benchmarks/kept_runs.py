@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocol import scalar_histories
+from protocol import folder_done, scalar_histories
 
 KEPT_FILES = ("metrics.json", "evaluation.json", "diverged.json")
 #: Checkpoint entries that only a resumed run reads.
@@ -39,7 +39,7 @@ def keep(folder: Path, kept: Path, tags: Sequence[str], *, weights: bool) -> Non
 
     from moopt_lic.checkpoint import atomic_save, load_safely
 
-    if not any((folder / name).exists() for name in ("metrics.json", "diverged.json")):
+    if not folder_done(folder):
         raise ValueError(f"{folder}: not finished (no metrics.json or diverged.json) to keep")
     # written beside, then moved: an interrupted copy never passes for a kept run
     partial = kept.with_name(f".{kept.name}.partial")

@@ -126,7 +126,7 @@ def budget(codec: str, args: argparse.Namespace) -> list[str]:
     """CPU hours of the full protocol at each calibrated length, from the measured cost of
     a weighted-sum step (the cheapest finished calibration run: the others shared the cores)
     times each arm's interleaved per-step ratio to the weighted sum
-    (step_overhead_all_cpu.md; 1 without it). Coding is extra."""
+    (``OVERHEAD_TIMES``; 1 without it). Coding is extra."""
     folders = {steps: calibration_folder(codec, steps, args) for steps in CALIBRATION_STEPS}
     finished = {steps: run_metrics(folder) for steps, folder in folders.items()}
     costs = {steps: metrics["train_seconds"] / steps for steps, metrics in finished.items()

@@ -136,7 +136,10 @@ OVERHEAD_VARIANTS = {
     "imtl-g-t": "imtl-g, sequential",
     "c2f-scratch-t": "coarse-to-fine, re-evaluate every step",
 }
-OVERHEAD_TIMES = RESULTS / "step_overhead_all_cpu.json"
+#: The interleaved timing of ``CODEC`` as its runs train (one thread, 4 × 128² crops):
+#: ``python benchmarks/step_overhead.py --N 16 --M 24 --batch 4 --threads 1 --rounds 40
+#: --out benchmarks/results/step_overhead_protocol_cpu``.
+OVERHEAD_TIMES = RESULTS / "step_overhead_protocol_cpu.json"
 #: Where the finished runs are kept (committed): ``kept_runs.py``.
 KEPT = RESULTS / "converged_rd_runs"
 #: The scalars of a run's log that the protocol and the report read: the anchor's settled
@@ -255,6 +258,16 @@ def median_step_times(path: Path) -> dict[str, float]:
     the budget and the report ask for every arm)."""
     times = json.loads(path.read_text())["times"]
     return {variant: statistics.median(values) for variant, values in times.items()}
+
+
+def interleaved_settings() -> str:
+    """What the interleaved timing ran on, in words ("" without it)."""
+    if not OVERHEAD_TIMES.exists():
+        return ""
+    ran = json.loads(OVERHEAD_TIMES.read_text())["settings"]
+    return (f"{OVERHEAD_TIMES.with_suffix('.md').name}: {ran['model']} N = {ran['N']}, "
+            f"M = {ran['M']}, batch {ran['batch']} × {ran['patch']}² on {ran['threads']} "
+            f"thread{'s' if ran['threads'] > 1 else ''}, {ran['rounds']} rounds")  # fmt: skip
 
 
 def interleaved_ratio(arm: str, control: str) -> float | None:

@@ -18,6 +18,7 @@ from converged_rd_protocol import (
     all_runs,
     anchor_divergence,
     interleaved_ratio,
+    interleaved_settings,
     run_folder,
     settled_means,
 )
@@ -80,9 +81,10 @@ def report(args: argparse.Namespace) -> str:
         *target_holding(args),
         "",
         "Training-time ratios (mean over the runs; a run shares the machine with as many "
-        "others as were started beside it, so these are rough; in brackets the same two "
-        "methods' median step in the interleaved timing, step_overhead_all_cpu.md: "
-        "mbt2018-mean N = 128, M = 192, batch 8 × 128² on 2 threads, the measured overhead):",
+        "others as were started beside it, and runs of different sessions trained on "
+        "machines of different speed, so these are rough; in brackets the same two methods' "
+        f"median step in the interleaved timing, {interleaved_settings()}: the measured "
+        "overhead):",
         "",
         *time_ratios(args),
         "",

@@ -1,8 +1,9 @@
 """Per-step overhead of the balancers through moopt.pytorch, as ratios to a plain step.
 
 One step = forward + backward (+ the coarse-to-fine re-evaluation), the optimizer excluded,
-on CompressAI ``mbt2018_mean(quality=1)`` with a batch of 8 random 128×128 crops of
-``../shared/data/train``. The plain step is ``(R + λD).backward()``. All variants run
+on CompressAI's ``mbt2018-mean`` (by default at quality 1's size, N = 128, M = 192; ``--N`` and
+``--M`` pick another, as ``moopt_lic.train`` builds it) with a batch of 8 random 128×128
+crops of ``../shared/data/train``. The plain step is ``(R + λD).backward()``. All variants run
 interleaved in one process (round-robin, the order rotating every round) so that machine
 noise hits them alike; the table gives the median and the fastest step of each, as ratios to
 the plain step's median and fastest. Peak memory is measured in a separate process per
@@ -12,6 +13,11 @@ a reset of /proc/self/clear_refs minus the RSS then; on CUDA ``max_memory_alloca
     python benchmarks/step_overhead.py                    # CPU, 2 threads, 15 timed rounds
                                                           # (every balancer of the registry)
     python benchmarks/step_overhead.py --device cuda --rounds 30
+    # the converged benchmark's codec, as its runs train (one thread each, 4 × 128²)
+    python benchmarks/step_overhead.py --N 16 --M 24 --batch 4 --threads 1 --rounds 40 \
+        --out benchmarks/results/step_overhead_protocol_cpu
+
+The JSON written beside the table holds the raw times, the peak memory and the settings.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from compressai.zoo import mbt2018_mean
 from PIL import Image
 
 from moopt import (
@@ -45,6 +50,7 @@ from moopt import (
 )
 from moopt.pytorch import balanced_backward, update_balancer
 from moopt_lic.balancers import BALANCERS
+from moopt_lic.models import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MOOPT_DATA", ROOT.parent / "shared" / "data"))
@@ -121,6 +127,7 @@ class Bench:
     device: torch.device
     batch: int
     patch: int
+    spec: ModelSpec
     model: torch.nn.Module = field(init=False)
     x: torch.Tensor = field(init=False)
     params: list[torch.nn.Parameter] = field(init=False)
@@ -128,7 +135,7 @@ class Bench:
 
     def __post_init__(self) -> None:
         torch.manual_seed(0)
-        self.model = mbt2018_mean(quality=1, pretrained=False).to(self.device).train()
+        self.model = build_model(self.spec).to(self.device).train()
         self.x = load_batch(self.batch, self.patch, seed=0).to(self.device)
         # the entropy bottleneck's quantiles belong to the auxiliary loss, not to R or D
         self.params = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
@@ -168,9 +175,34 @@ class Bench:
             torch.cuda.synchronize()
 
 
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The codec timed: ``mbt2018-mean`` at quality 1's size unless ``--N``/``--M`` say."""
+    quality = 1 if args.N is None and args.M is None else None
+    return ModelSpec("mbt2018-mean", quality=quality, N=args.N, M=args.M)
+
+
+def settings(args: argparse.Namespace) -> dict[str, object]:
+    """What the timing ran on, written beside the times (the converged report quotes it)."""
+    spec = model_spec(args)
+    n, m = spec.channels()
+    return {
+        "device": args.device,
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": spec.name,
+        "N": n,
+        "M": m,
+        "batch": args.batch,
+        "patch": args.patch,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+    }
+
+
 def measure_times(args: argparse.Namespace) -> dict[str, list[float]]:
     """Interleaved timing of every variant; returns the per-step times after warm-up."""
-    bench = Bench(torch.device(args.device), args.batch, args.patch)
+    bench = Bench(torch.device(args.device), args.batch, args.patch, model_spec(args))
     balancers = {v.label: (v.balancer() if v.balancer else None) for v in VARIANTS}
     times: dict[str, list[float]] = {v.label: [] for v in VARIANTS}
     for round_index in range(args.warmup + args.rounds):
@@ -189,7 +221,7 @@ def measure_memory(args: argparse.Namespace, label: str) -> float:
     On CUDA: ``max_memory_allocated`` over the steps; on CPU: the peak RSS over the steps
     minus the RSS before them (the model, the batch and the libraries).
     """
-    bench = Bench(torch.device(args.device), args.batch, args.patch)
+    bench = Bench(torch.device(args.device), args.batch, args.patch, model_spec(args))
     variant = next(v for v in VARIANTS if v.label == label)
     balancer = variant.balancer() if variant.balancer else None
     if bench.device.type == "cuda":
@@ -217,11 +249,13 @@ def _proc_status_mib(field: str) -> float:
 def table(times: dict[str, list[float]], memory: dict[str, float], args: argparse.Namespace) -> str:
     base = times[VARIANTS[0].label]
     base_median, base_min = statistics.median(base), min(base)
+    ran = settings(args)
     rows = [
-        f"Device: {args.device} ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"batch {args.batch} × {args.patch}²; {args.rounds} timed rounds after {args.warmup} "
-        f"warm-up rounds; plain step median {base_median * 1e3:.0f} ms.",
+        f"Device: {ran['device']} ({ran['processor']}), {ran['threads']} "
+        f"thread{'s' if ran['threads'] != 1 else ''}, torch "
+        f"{ran['torch']}; {ran['model']} N = {ran['N']}, M = {ran['M']}; batch {ran['batch']} "
+        f"× {ran['patch']}²; {ran['rounds']} timed rounds after {ran['warmup']} warm-up rounds; "
+        f"plain step median {base_median * 1e3:.0f} ms.",
         "",
         "| variant | median ratio | fastest ratio | median ms | step peak memory MiB |",
         "|---|---|---|---|---|",
@@ -242,6 +276,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--patch", type=int, default=128)
+    parser.add_argument("--N", type=int, help="mbt2018-mean's N (default: quality 1's, 128)")
+    parser.add_argument("--M", type=int, help="mbt2018-mean's M (default: quality 1's, 192)")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (≥ 10)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the table (.md) and raw times (.json)")
@@ -259,13 +295,16 @@ def main() -> None:
         child = [sys.executable, __file__, "--memory-of", variant.label]
         child += ["--device", args.device, "--threads", str(args.threads)]
         child += ["--batch", str(args.batch), "--patch", str(args.patch)]
+        child += [f"--{size}={value}" for size in ("N", "M") if (value := getattr(args, size))]
         result = subprocess.run(child, capture_output=True, text=True, check=True)
         memory[variant.label] = json.loads(result.stdout.strip().splitlines()[-1])
     report = table(times, memory, args)
     print(report)
     if args.out:
         args.out.with_suffix(".md").write_text(report + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps({"times": times, "memory_mib": memory}))
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"times": times, "memory_mib": memory, "settings": settings(args)})
+        )
 
 
 if __name__ == "__main__":

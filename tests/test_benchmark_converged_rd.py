@@ -497,6 +497,22 @@ def test_every_compared_arm_has_its_method_in_the_interleaved_timing():
     assert interleaved_ratio("ws+", "ws") == 1.0
 
 
+def test_the_interleaved_timing_is_of_the_protocols_codec_as_its_runs_train():
+    from converged_rd_protocol import CODECS, OVERHEAD_TIMES, interleaved_settings
+
+    ran = json.loads(OVERHEAD_TIMES.read_text())["settings"]
+    codec = CODECS[CODEC]
+    assert (ran["model"], ran["N"], ran["M"]) == (codec["model"], codec["N"], codec["M"])
+    assert (ran["batch"], ran["patch"], ran["threads"]) == (
+        codec["batch_size"],
+        codec["patch_size"],
+        1,
+    )
+    assert interleaved_settings().startswith(
+        "step_overhead_protocol_cpu.md: mbt2018-mean N = 16, M = 24, batch 4 × 128² on 1 thread,"
+    )
+
+
 def test_work_refuses_to_skip_runs_finished_under_another_protocol(args, monkeypatch):
     """A fine-tune finished before FINETUNE_STEPS changed is named, not silently reused."""
     import converged_rd

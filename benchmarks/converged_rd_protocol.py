@@ -244,12 +244,15 @@ def link_calibration_anchor(args: argparse.Namespace, codec: str = CODEC) -> Non
 
 
 def all_runs(args: argparse.Namespace) -> list[Run]:
-    """The anchors first (every other run needs one), then the fine-tunes by seed (short:
-    every arm has results early), then the other arms from scratch."""
-    anchors = [Run("ws", lm, seed) for seed in args.seeds for lm in args.lambdas]
-    others = [Run(arm, lm, seed) for seed in args.seeds for arm in args.arms if arm != "ws"
-              for lm in args.lambdas]  # fmt: skip
-    return anchors + sorted(others, key=lambda run: ARMS[run.arm].start_from is None)
+    """Seed by seed, its anchors (every other run needs one) then its fine-tunes (short: each
+    arm has paired results a seed at a time, before the next seed's long anchors); the arms
+    from scratch last."""
+    fine_tunes = [arm for arm in args.arms if ARMS[arm].start_from is not None]
+    from_scratch = [arm for arm in args.arms if arm != "ws" and ARMS[arm].start_from is None]
+    by_seed = [Run(arm, lm, seed) for seed in args.seeds for arm in ("ws", *fine_tunes)
+               for lm in args.lambdas]  # fmt: skip
+    return by_seed + [Run(arm, lm, seed) for seed in args.seeds for arm in from_scratch
+                      for lm in args.lambdas]  # fmt: skip
 
 
 @functools.cache

@@ -134,17 +134,22 @@ def test_every_arm_has_a_control_with_the_same_start():
     assert TARGETED <= set(ARMS)
 
 
-def test_anchors_come_first_then_fine_tunes_then_arms_from_scratch(args):
-    """Every run after its anchor; the short fine-tunes of every seed before any long arm
-    from scratch, so that each arm has paired results early."""
+def test_seed_by_seed_anchors_then_their_fine_tunes_then_arms_from_scratch(args):
+    """Every run after its anchor; a seed's fine-tunes before the next seed's anchors, so
+    that each arm has paired results a seed at a time; the long arms from scratch last."""
     args.arms, args.seeds = list(ARMS), [0, 1, 2]
-    kinds = [
-        "anchor" if run.arm == "ws" else ARMS[run.arm].start_from or "scratch"
-        for run in all_runs(args)
-    ]
-    assert kinds == sorted(kinds, key=["anchor", "ws", "scratch"].index)
-    assert kinds.count("anchor") == 3 * len(args.lambdas)
-    assert kinds.count("scratch") == 3 * len(args.lambdas)
+    runs = all_runs(args)
+    fine_tuned = [arm for arm, spec in ARMS.items() if spec.start_from]
+    per_seed = len(args.lambdas) * (1 + len(fine_tuned))
+    for index, seed in enumerate(args.seeds):
+        block = runs[index * per_seed : (index + 1) * per_seed]
+        assert {run.seed for run in block} == {seed}
+        assert all(run.arm == "ws" for run in block[: len(args.lambdas)])
+        assert {run.arm for run in block[len(args.lambdas) :]} == set(fine_tuned)
+    scratch = runs[len(args.seeds) * per_seed :]
+    assert {run.arm for run in scratch} == {"c2f-scratch-t"}
+    assert len(scratch) == 3 * len(args.lambdas)
+    assert len(runs) == len(set(runs)) == 3 * len(args.lambdas) * len(ARMS)
 
 
 def test_calibration_matches_the_anchor_protocol(args):

@@ -256,10 +256,16 @@ def all_runs(args: argparse.Namespace) -> list[Run]:
 
 
 @functools.cache
+def interleaved_timing(path: Path) -> dict:
+    """The interleaved timing at ``path`` (times, memory, settings), read once: the budget
+    and the report ask for every arm."""
+    return json.loads(path.read_text())
+
+
+@functools.cache
 def median_step_times(path: Path) -> dict[str, float]:
-    """The median step time of each variant in the interleaved timing at ``path`` (read once:
-    the budget and the report ask for every arm)."""
-    times = json.loads(path.read_text())["times"]
+    """The median step time of each variant in the interleaved timing at ``path``."""
+    times = interleaved_timing(path)["times"]
     return {variant: statistics.median(values) for variant, values in times.items()}
 
 
@@ -267,10 +273,10 @@ def interleaved_settings() -> str:
     """What the interleaved timing ran on, in words ("" without it)."""
     if not OVERHEAD_TIMES.exists():
         return ""
-    ran = json.loads(OVERHEAD_TIMES.read_text())["settings"]
+    ran = interleaved_timing(OVERHEAD_TIMES)["settings"]
     return (f"{OVERHEAD_TIMES.with_suffix('.md').name}: {ran['model']} N = {ran['N']}, "
             f"M = {ran['M']}, batch {ran['batch']} × {ran['patch']}² on {ran['threads']} "
-            f"thread{'s' if ran['threads'] > 1 else ''}, {ran['rounds']} rounds")  # fmt: skip
+            f"thread{'s' if ran['threads'] != 1 else ''}, {ran['rounds']} rounds")  # fmt: skip
 
 
 def interleaved_ratio(arm: str, control: str) -> float | None:

@@ -39,7 +39,7 @@ from protocol import (
     target_losses,
 )
 
-from moopt_lic.targets import ACHIEVED_FRACTION, Target
+from moopt_lic.targets import Target, achieved_steps
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -298,7 +298,7 @@ def target_holding(args: argparse.Namespace) -> list[str]:
                 continue
             target = Target(metrics["target"]["objective"], metrics["target"]["value"],
                             metrics["lambda"])  # fmt: skip
-            window = losses[-max(1, math.ceil(ACHIEVED_FRACTION * len(losses))) :]
+            window = losses[-achieved_steps(metrics["steps"]) :]
             logs = [math.log(loss / target.loss) for loss in window]
             offsets.append((100 * (statistics.fmean(window) / target.loss - 1),
                             100 * math.expm1(statistics.fmean(logs)),

@@ -10,7 +10,7 @@ copies what a finished run's results consist of into a folder that is committed:
 * ``checkpoint.pt`` without the state only resuming needs (the optimizers', the schedule's,
   the random generators'): a kept run is finished and never resumes. Its weights are kept
   only for a run that others start from (``weights=True``); without them the file holds the
-  run's configuration and per-step target losses, and is no model to load;
+  run's configuration and last steps' targeted losses, and is no model to load;
 * ``tensorboard/``: the scalars the report reads (``tags``), each step's value exactly (the
   log stores float32, and so does the copy), without wall times.
 

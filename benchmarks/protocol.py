@@ -212,8 +212,9 @@ def run_metrics(folder: Path) -> dict[str, Any] | None:
 
 
 def target_losses(folder: Path) -> list[float] | None:
-    """The targeted objective's loss at every step, from the run's last checkpoint (None
-    without a checkpoint or a target); loaded safely, as any checkpoint."""
+    """The targeted objective's loss at each of the run's last steps that its checkpoint kept
+    (at least the last tenth), from its last checkpoint (None without a checkpoint or a
+    target); loaded safely, as any checkpoint."""
     from moopt_lic.checkpoint import load_safely
 
     path = folder / "checkpoint.pt"

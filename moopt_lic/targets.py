@@ -10,6 +10,8 @@ reports what it achieved and decides which checkpoints hold the target.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ __all__ = [
     "HOLD_TOLERANCE",
     "Target",
     "TargetHistory",
+    "achieved_steps",
     "distortion_for_psnr",
 ]
 
@@ -95,23 +98,47 @@ def target_of(target_bpp: float | None, target_psnr: float | None, lmbda: float)
 
 @dataclass
 class TargetHistory:
-    """The targeted objective's loss at every step, for ``achieved`` and for checkpoints.
+    """The targeted objective's loss over the last ``window`` steps.
 
+    ``achieved`` and the checkpoints' standing read it. Only the last ``window`` steps are
+    kept: every question the trainer asks of the history reads at most that many, and a run
+    of a million steps should not carry a million losses in memory and in each checkpoint.
     Kept in the checkpoint, so a resumed run reports what an uninterrupted one would.
+
+    Attributes
+    ----------
+    target : Target
+        The target whose objective is recorded.
+    window : int
+        How many of the latest steps are kept (at least 1).
+    losses : collections.deque of float
+        The targeted objective's loss at each of the latest ``window`` steps, oldest first.
     """
 
     target: Target
-    losses: list[float] = field(default_factory=list)
+    window: int
+    losses: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1 step, got {self.window}")
+        self.losses = deque((float(loss) for loss in self.losses), maxlen=self.window)
 
     def record(self, losses: Any) -> None:
         """Append this step's value of the targeted objective (``losses`` holds both)."""
         self.losses.append(float(losses[self.target.index]))
 
+    def restore(self, losses: Iterable[float]) -> None:
+        """Replace the history by ``losses`` (a checkpoint's), keeping the latest ``window``."""
+        self.losses = deque((float(loss) for loss in losses), maxlen=self.window)
+
     def achieved(self, total_steps: int) -> float:
         """Return the mean of the last ``ACHIEVED_FRACTION`` of the steps, in bpp or dB."""
-        count = max(1, math.ceil(ACHIEVED_FRACTION * total_steps))
-        window = self.losses[-count:]
-        values = [self.target.in_units(loss) for loss in window]
+        return self.mean_in_units(achieved_steps(total_steps))
+
+    def mean_in_units(self, steps: int) -> float:
+        """Return the mean over the last ``steps`` steps in bpp or dB (NaN before the first)."""
+        values = [self.target.in_units(loss) for loss in self._latest(steps)]
         return sum(values) / len(values) if values else math.nan
 
     def holds_over(self, steps: int) -> bool:
@@ -120,7 +147,21 @@ class TargetHistory:
 
     def error(self, steps: int) -> float:
         """``|log(mean / target)|`` over the last ``steps`` steps (∞ before the first step)."""
-        window = self.losses[-steps:]
+        window = self._latest(steps)
         if not window:
             return math.inf
         return abs(math.log(sum(window) / len(window) / self.target.loss))
+
+    def _latest(self, steps: int) -> list[float]:
+        """Return the losses of the last ``steps`` steps (no more than ``window`` are kept)."""
+        if steps > self.window:
+            raise ValueError(f"the history keeps the last {self.window} steps, not {steps}")
+        return list(self.losses)[-steps:]
+
+
+def achieved_steps(total_steps: int) -> int:
+    """Return how many of a run's last steps its ``achieved`` value averages.
+
+    ``ACHIEVED_FRACTION`` of ``total_steps``, rounded up: at least one.
+    """
+    return max(1, math.ceil(ACHIEVED_FRACTION * total_steps))

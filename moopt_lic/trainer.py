@@ -66,7 +66,7 @@ from moopt_lic.objectives import CodecBatch, mse_to_psnr, rd_objectives
 from moopt_lic.sampling import StepBatches, check_msssim_sizes, training_and_validation_images
 from moopt_lic.scalars import ScalarWriter
 from moopt_lic.schedule import lr_factor
-from moopt_lic.targets import Target, TargetHistory, target_of
+from moopt_lic.targets import Target, TargetHistory, achieved_steps, target_of
 
 __all__ = [
     "TrainResult",
@@ -169,7 +169,10 @@ class Trainer:
             self.model.g_a.register_forward_hook(lambda _m, _i, y: self._latent.append(y))
 
         self.target: Target | None = target_of(config.target_bpp, config.target_psnr, config.lmbda)
-        self.target_history = None if self.target is None else TargetHistory(self.target)
+        # the longest stretch read back: the run's achieved mean, a validation's standing
+        # (the steps since the last one) and the progress bar's recent mean (the last log_every)
+        window = max(achieved_steps(self.total_steps), config.eval_every, config.log_every)
+        self.target_history = None if self.target is None else TargetHistory(self.target, window)
         self.step = 0
         # (w_R, w_D) of the last EFFECTIVE_LAMBDA_WINDOW steps
         self.recent_weights: list[list[float]] = []
@@ -353,7 +356,7 @@ class Trainer:
             "λ_eff": f"{scalars.get('balancer/effective_lambda', math.nan):.4g}",
         }
         if self.target is not None and self.target_history is not None:
-            recent = self.target_history.achieved(10 * self.config.log_every)
+            recent = self.target_history.mean_in_units(self.config.log_every)
             postfix["target"] = f"{self.target.value:g}{self.target.unit}"
             postfix["held"] = f"{recent:.3g}{self.target.unit}"
         return postfix
@@ -482,7 +485,9 @@ class Trainer:
             "best": plain(self.best),
             "elapsed": self.elapsed,
             "recent_weights": [[float(w) for w in step] for step in self.recent_weights],
-            "target_losses": None if self.target_history is None else self.target_history.losses,
+            "target_losses": (
+                None if self.target_history is None else list(self.target_history.losses)
+            ),
             "warned_lambda": self.warned_lambda,
             "processes": self.processes.world,
             "scaler": {} if self.scaler is None else self.scaler.state_dict(),
@@ -522,7 +527,7 @@ class Trainer:
             losses = state["target_losses"]
             if not isinstance(losses, list):
                 raise InputError(f"{where}: its 'target_losses' is {losses!r}, not a list")
-            self.target_history.losses = [float(v) for v in losses]
+            self.target_history.restore(losses)
 
     def _load_initial_weights(self, path: str) -> None:
         checkpoint = read_checkpoint(path) if Path(path).is_file() else None

@@ -597,10 +597,11 @@ def test_the_report_shows_the_mean_and_geometric_mean_held_beside_the_batch_spre
     for lmbda in LAMBDAS[:2]:
         folder = run_folder(Run("eq-qp-t", lmbda, 0), args)
         folder.mkdir(parents=True)
-        metrics = {"lambda": lmbda, "target": {"objective": "rate", "value": target}}
+        metrics = {"lambda": lmbda, "steps": 100, "target": {"objective": "rate", "value": target}}
         (folder / "metrics.json").write_text(json.dumps(metrics))
-        # the first 90 % of the steps lie outside the window and must not count
-        losses = [10 * target] * 90 + [target * math.exp(spread * (-1) ** i) for i in range(10)]
+        # the checkpoint keeps the last 30 of the 100 steps: those before the last tenth of
+        # the run's steps lie outside the window and must not count
+        losses = [10 * target] * 20 + [target * math.exp(spread * (-1) ** i) for i in range(10)]
         torch.save({"target_losses": losses}, folder / "checkpoint.pt")
     unfinished = run_folder(Run("eq-qp-t", LAMBDAS[2], 0), args)
     unfinished.mkdir(parents=True)

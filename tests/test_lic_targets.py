@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moopt import TargetBalancer
 from moopt_lic import InputError, TrainConfig, train
@@ -56,12 +58,49 @@ def test_every_balancer_is_wrapped_only_when_a_target_is_given(balancer):
 
 
 def test_achieved_is_the_mean_of_the_last_tenth_of_the_steps():
-    history = TargetHistory(Target("rate", 0.5, 0.01), [1.0] * 18 + [0.4, 0.6])
+    history = TargetHistory(Target("rate", 0.5, 0.01), 20, [1.0] * 18 + [0.4, 0.6])
     assert history.achieved(20) == pytest.approx(0.5)
     assert history.holds_over(2) and not history.holds_over(3)
-    psnr = TargetHistory(Target("distortion", 30.0, 0.01))
+    psnr = TargetHistory(Target("distortion", 30.0, 0.01), 1)
     psnr.record([0.1, distortion_for_psnr(31.0, 0.01)])
     assert psnr.achieved(1) == pytest.approx(31.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    losses=st.lists(st.floats(0.01, 10.0), min_size=1, max_size=300),
+    window=st.integers(1, 40),
+    asked=st.integers(1, 40),
+)
+def test_a_bounded_history_answers_as_one_that_keeps_every_step(losses, window, asked):
+    """Invariant: a history that keeps the last ``window`` steps gives the same mean and
+    error over any ``asked ≤ window`` latest steps as one that keeps them all, however many
+    steps were recorded; it holds no more than ``window`` losses, and asking about more
+    steps than it keeps is an error, never a shorter mean."""
+    target = Target("rate", 0.5, 0.01)
+    bounded, everything = TargetHistory(target, window), TargetHistory(target, len(losses) + 40)
+    for loss in losses:
+        bounded.record([loss, 1.0])
+        everything.record([loss, 1.0])
+    assert len(bounded.losses) == min(window, len(losses))
+    if asked > window:
+        with pytest.raises(ValueError, match=f"keeps the last {window} steps, not {asked}"):
+            bounded.error(asked)
+        return
+    assert bounded.mean_in_units(asked) == everything.mean_in_units(asked)
+    assert bounded.error(asked) == everything.error(asked)
+    restored = TargetHistory(target, window)
+    restored.restore(everything.losses)
+    assert restored.losses == bounded.losses
+
+
+def test_a_run_keeps_the_targeted_losses_it_reads_back_and_no_more(tiny_config):
+    """12 steps, validated every 3: ``achieved`` reads the last 2 (a tenth, rounded up), a
+    validation the last 3, so the checkpoint holds the last 3 of the 12 losses."""
+    result = train(tiny_config(steps=12, eval_every=3, log_every=1, target_bpp=0.4))
+    kept = torch.load(result.out / "checkpoint.pt", weights_only=True)["target_losses"]
+    assert len(kept) == 3
+    assert result.metrics["target"]["achieved"] == pytest.approx(sum(kept[-2:]) / 2, rel=1e-12)
 
 
 def test_best_checkpoint_by_the_users_criterion():

@@ -122,7 +122,7 @@ class TargetHistory:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be at least 1 step, got {self.window}")
-        self.losses = deque((float(loss) for loss in self.losses), maxlen=self.window)
+        self.restore(self.losses)
 
     def record(self, losses: Any) -> None:
         """Append this step's value of the targeted objective (``losses`` holds both)."""

@@ -38,6 +38,7 @@ from converged_rd_calibration import (
     write_calibration,
 )
 from converged_rd_protocol import (
+    ANCHOR_RATE,
     ARMS,
     CALIBRATION_STEPS,
     CODEC,
@@ -49,6 +50,7 @@ from converged_rd_protocol import (
     STARTED_FROM,
     all_runs,
     anchor_divergence,
+    anchor_rate,
     config_for,
     kept_folder,
     link_calibration_anchor,
@@ -65,6 +67,7 @@ from protocol import (
     eval_images,
     evaluation,
     folder_done,
+    run_metrics,
     run_tasks,
     to_code,
     train_to_end,
@@ -81,6 +84,8 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
         return
     train_to_end(values if values is not None else config_for(run, args))
     folder = run_folder(run, args)
+    if run.arm == "ws" and run_metrics(folder) is not None:
+        anchor_rate(run, args)  # measured here, once, not by each arm that holds it
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
     keep_run(run, args)
@@ -92,7 +97,7 @@ def keep_run(run: Run, args: argparse.Namespace) -> None:
     folder, kept = run_folder(run, args), kept_folder(run, args)
     result = divergence(folder) is not None or evaluation(folder) is not None
     if folder_done(folder) and result and not kept.exists():
-        keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM)
+        keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM, files=(ANCHOR_RATE,))
 
 
 def restore_kept(args: argparse.Namespace) -> None:

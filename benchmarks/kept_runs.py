@@ -6,7 +6,8 @@ with the optimizers' state, the whole TensorBoard log. A session that ends uncle
 back to a fresh checkout without it, and with it go CPU-days of converged codecs. ``keep``
 copies what a finished run's results consist of into a folder that is committed:
 
-* ``metrics.json``, ``evaluation.json`` and ``diverged.json``, as written;
+* ``metrics.json``, ``evaluation.json`` and ``diverged.json``, and any other result file
+  the benchmark names (``files``), as written;
 * ``checkpoint.pt`` without the state only resuming needs (the optimizers', the schedule's,
   the random generators'): a kept run is finished and never resumes. Its weights are kept
   only for a run that others start from (``weights=True``); without them the file holds the
@@ -31,10 +32,13 @@ KEPT_FILES = ("metrics.json", "evaluation.json", "diverged.json")
 RESUME_ONLY = ("optimizer", "aux_optimizer", "scheduler", "rng", "scaler")
 
 
-def keep(folder: Path, kept: Path, tags: Sequence[str], *, weights: bool) -> None:
+def keep(
+    folder: Path, kept: Path, tags: Sequence[str], *, weights: bool, files: Sequence[str] = ()
+) -> None:
     """Write the compact copy of the finished run in ``folder`` to ``kept`` (replacing an
-    older copy): its result files, its final checkpoint without the resume-only state (and
-    without the weights unless ``weights``), and its scalars ``tags``."""
+    older copy): its result files and those of ``files`` it has, its final checkpoint
+    without the resume-only state (and without the weights unless ``weights``), and its
+    scalars ``tags``."""
     from torch.utils.tensorboard import SummaryWriter
 
     from moopt_lic.checkpoint import atomic_save, load_safely
@@ -45,7 +49,7 @@ def keep(folder: Path, kept: Path, tags: Sequence[str], *, weights: bool) -> Non
     partial = kept.with_name(f".{kept.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for name in KEPT_FILES:
+    for name in (*KEPT_FILES, *files):
         if (folder / name).exists():
             shutil.copyfile(folder / name, partial / name)
     if (folder / "checkpoint.pt").exists():

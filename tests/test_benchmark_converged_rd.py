@@ -9,6 +9,7 @@ import shutil
 import pytest
 from converged_rd_calibration import calibration_report
 from converged_rd_protocol import (
+    ANCHOR_RATE,
     ARMS,
     CALIBRATION_LAMBDA,
     CODEC,
@@ -23,11 +24,12 @@ from converged_rd_protocol import (
     calibration_config,
     calibration_folder,
     config_for,
+    finetune_crop_rates,
     kept_folder,
     run_folder,
     settled_means,
 )
-from protocol import FINETUNE_LR, Run
+from protocol import FINETUNE_LR, Run, target_losses
 
 
 def _log(folder, tag, points):
@@ -45,6 +47,7 @@ def _finished(folder, bpp, psnr, seconds=1.0, training=None):
 
     rate, distortion = training or (bpp, rd_cost(bpp, psnr)[1])
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / ANCHOR_RATE).write_text(json.dumps({"rate_bpp": rate}))  # as an anchor measures
     _log(folder, "val/bpp", [(1, bpp)])
     _log(folder, "val/psnr", [(1, psnr)])
     _log(folder, "train/rate_bpp", [(1, rate)])
@@ -106,14 +109,23 @@ def test_a_gain_in_rate_counts_as_much_as_one_in_psnr(args):
     assert equal_rate_gain((0.27, 31.4), (0.47, 30.9)) < 0
 
 
-def test_targeted_arms_hold_the_mean_rate_of_the_anchors_last_tenth(args):
+def test_settled_means_average_a_runs_last_tenth(args):
+    folder = run_folder(Run("ws", 0.0045, 1), args)
+    folder.mkdir(parents=True)
+    steps = range(100, 1001, 100)
+    _log(folder, "train/rate_bpp", [(step, 1.0 if step <= 900 else 0.4) for step in steps])
+    _log(folder, "train/distortion", [(step, 2.0 if step <= 800 else 0.5) for step in steps])
+    # only step 1000 lies in (900, 1000]; steps 900 and 1000 in (800, 1000]
+    assert settled_means(folder, "train/rate_bpp", "train/distortion") == pytest.approx((0.4, 0.5))
+
+
+def test_targeted_arms_hold_the_rate_measured_in_the_anchors_folder(args):
+    """The measured rate is read back (rounded to the 4 digits a target is given with), not
+    measured again: the anchor here has no weights to measure with."""
     anchor = run_folder(Run("ws", 0.0045, 1), args)
     anchor.mkdir(parents=True)
-    steps = range(100, 1001, 100)
-    _log(anchor, "train/rate_bpp", [(step, 1.0 if step <= 900 else 0.4) for step in steps])
-    _log(anchor, "train/distortion", [(step, 2.0 if step <= 800 else 0.5) for step in steps])
-    assert anchor_rate(anchor) == 0.4  # only step 1000 lies in (900, 1000]
-    assert settled_means(anchor, "train/rate_bpp", "train/distortion") == pytest.approx((0.4, 0.5))
+    (anchor / ANCHOR_RATE).write_text(json.dumps({"rate_bpp": 0.40004, "steps": FINETUNE_STEPS}))
+    assert anchor_rate(Run("ws", 0.0045, 1), args) == 0.4
     values = config_for(Run("eq-qp-t", 0.0045, 1), args)
     assert values["target_bpp"] == 0.4 and values["balancer"] == "eq-qp"
     assert values["init_from"] == str(anchor / "checkpoint.pt")
@@ -382,7 +394,8 @@ def test_fine_tuning_length_runs_are_the_protocols_fine_tunes_made_longer(args):
         seen.extend(task.args[0] for task in tasks)
 
     anchor = run_folder(Run("ws", CALIBRATION_LAMBDA, 0), args)
-    _log(anchor, "train/rate_bpp", [(64000, 0.25)])
+    anchor.mkdir(parents=True)
+    (anchor / ANCHOR_RATE).write_text(json.dumps({"rate_bpp": 0.25}))
     args.jobs, args.minutes, args.codecs = 3, None, [CODEC]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(converged_rd_calibration, "run_tasks", record)
@@ -452,8 +465,15 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm in ARMS:  # every arm's configuration trains and codes
         converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
     anchor = run_folder(Run("ws", lmbda, 0), args)
-    fine_tune = _metrics_of(run_folder(Run("eq-qp-t", lmbda, 0), args))
-    assert fine_tune["target"]["value"] == pytest.approx(anchor_rate(anchor), abs=1e-4)
+    # the anchor measured the rate its targeted arms hold on their crops: the rate that the
+    # first step of a fine-tune (at the anchor's weights) trained on is its first step's
+    measured = json.loads((anchor / ANCHOR_RATE).read_text())
+    assert measured["steps"] == converged_rd_protocol.FINETUNE_STEPS
+    held = run_folder(Run("eq-qp-t", lmbda, 0), args)
+    first_step = target_losses(held)[0]
+    assert finetune_crop_rates(Run("ws", lmbda, 0), args)[0] == pytest.approx(first_step, rel=1e-6)
+    fine_tune = _metrics_of(held)
+    assert fine_tune["target"]["value"] == round(measured["rate_bpp"], 4)
     assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
     text = converged_rd_report.report(args)
     assert f"{len(ARMS)} of {len(LAMBDAS) * len(ARMS)} runs coded" in text
@@ -467,6 +487,7 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm in ARMS:
         kept = load_safely(kept_folder(Run(arm, lmbda, 0), args) / "checkpoint.pt")
         assert ("model" in kept) == (arm == "ws"), arm  # the weights of what others start from
+    assert (kept_folder(Run("ws", lmbda, 0), args) / ANCHOR_RATE).exists()
     shutil.rmtree(args.out)
     converged_rd.restore_kept(args)
     assert converged_rd_report.report(args) == text
@@ -572,12 +593,15 @@ def test_the_lambda_grid_is_judged_by_each_seeds_validation_rate(args):
             _finished(run_folder(Run("ws", lmbda, seed), args), rate + shift, 30.0 + shift)
     assert operating_points(args)[-1] == "No seed has an anchor at every λ yet."
     _finished(run_folder(Run("ws", args.lambdas[3], 0), args), 0.6, 31.0)
+    # the target is the anchor's measured rate, shown beside its log's mean
+    measured = run_folder(Run("ws", args.lambdas[0], 1), args) / ANCHOR_RATE
+    measured.write_text(json.dumps({"rate_bpp": 0.15304, "steps": FINETUNE_STEPS}))
     lines = operating_points(args)
     assert (
-        f"| {args.lambdas[0]} | 0.130 bpp, 29.99 dB (0.130) | 0.150 bpp, 30.01 dB (0.150) |"
-        in lines
+        f"| {args.lambdas[0]} | 0.130 bpp, 29.99 dB (0.1300; log 0.1300) | 0.150 bpp, 30.01 dB "
+        "(0.1530; log 0.1500) |" in lines
     )
-    assert f"| {args.lambdas[3]} | 0.600 bpp, 31.00 dB (0.600) | – |" in lines
+    assert f"| {args.lambdas[3]} | 0.600 bpp, 31.00 dB (0.6000; log 0.6000) | – |" in lines
     # seed 0: 0.13 ≤ 1.5 × 0.1 and 0.6 ≥ 0.8 / 1.5; seed 1 is not complete
     assert lines[-1] == "The λ grid spans about 0.1–0.8 bpp."
     _finished(run_folder(Run("ws", args.lambdas[3], 1), args), 0.5, 31.0)  # 0.5 < 0.8 / 1.5

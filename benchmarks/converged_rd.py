@@ -96,7 +96,9 @@ def keep_run(run: Run, args: argparse.Namespace) -> None:
     kept already; its weights only if other runs start from it."""
     folder, kept = run_folder(run, args), kept_folder(run, args)
     result = divergence(folder) is not None or evaluation(folder) is not None
-    if folder_done(folder) and result and not kept.exists():
+    # an anchor kept before it measured its arms' target is kept again with it
+    measured = (folder / ANCHOR_RATE).exists() and not (kept / ANCHOR_RATE).exists()
+    if folder_done(folder) and result and (measured or not kept.exists()):
         keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM, files=(ANCHOR_RATE,))
 
 
@@ -130,12 +132,13 @@ def work(args: argparse.Namespace) -> None:
 
 
 def pack(args: argparse.Namespace) -> None:
-    """One archive of every finished run's results, final checkpoint and logs."""
+    """One archive of every finished run's results (an anchor's measured target too: the
+    rate its arms trained to hold), final checkpoint and logs."""
     with tarfile.open(args.pack, "w:gz") as archive:
         for run in all_runs(args):
             folder = run_folder(run, args)
-            for name in ("metrics.json", "evaluation.json", "diverged.json", "checkpoint.pt",
-                         "tensorboard"):  # fmt: skip
+            for name in ("metrics.json", "evaluation.json", "diverged.json", ANCHOR_RATE,
+                         "checkpoint.pt", "tensorboard"):  # fmt: skip
                 if (folder / name).exists():
                     archive.add(folder / name, arcname=f"{CODEC}/{run.name}/{name}")
 

@@ -40,6 +40,7 @@ import functools
 import json
 import os
 import statistics
+import tempfile
 from pathlib import Path
 
 from protocol import (
@@ -222,9 +223,13 @@ def anchor_rate(anchor: Run, args: argparse.Namespace, codec: str = CODEC) -> fl
     if not path.exists():
         rates = finetune_crop_rates(anchor, args, codec)
         measured = {"rate_bpp": statistics.fmean(rates), "steps": len(rates)}
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(measured, indent=1))
-        os.replace(partial, path)  # a run that reads it never sees half a file
+        # a file of its own, then moved: a reader, or a second measurer, never sees half one
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(measured, indent=1))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
     return round(json.loads(path.read_text())["rate_bpp"], 4)
 
 

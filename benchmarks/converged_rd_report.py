@@ -104,10 +104,11 @@ def training_devices(runs: list[Run], args: argparse.Namespace) -> str:
 
 
 def operating_points(args: argparse.Namespace) -> list[str]:
-    """The anchors' last validation (rate, PSNR) by λ and seed, with their settled training
-    rate, and whether each seed's λ grid spans ``RATE_SPAN``: judged on held-out training
-    photos, never on the evaluation photos. A seed draws its own 4 held-out photos, so
-    validations compare down a column, not across."""
+    """The anchors' last validation (rate, PSNR) by λ and seed, with the training rate their
+    arms hold beside their log's mean of it, and whether each seed's λ grid spans
+    ``RATE_SPAN``: judged on held-out training photos, never on the evaluation photos. A
+    seed draws its own 4 held-out photos, so validations compare down a column, not
+    across."""
     lines = [
         "| λ | " + " | ".join(f"seed {seed}" for seed in args.seeds) + " |",
         "|---|" + "---|" * len(args.seeds),

@@ -5,6 +5,8 @@ import argparse
 import json
 import math
 import shutil
+import statistics
+import tarfile
 
 import pytest
 from converged_rd_calibration import calibration_report
@@ -443,9 +445,10 @@ def test_the_budget_counts_every_run_at_its_arms_measured_step(args, monkeypatch
 
 @pytest.mark.slow
 def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, monkeypatch):
-    """Every arm's configuration trains and is coded; a targeted fine-tune holds the
-    anchor's rate from its log; the report shows every targeted arm's target (in-process: a
-    tiny codec on the test photos)."""
+    """Every arm's configuration trains and is coded; a targeted fine-tune holds the rate
+    its anchor measured on the fine-tunes' crops; the report shows every targeted arm's
+    target; kept and packed runs carry the measurement (in-process: a tiny codec on the test
+    photos)."""
     import converged_rd
     import converged_rd_protocol
     import converged_rd_report
@@ -470,8 +473,9 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     measured = json.loads((anchor / ANCHOR_RATE).read_text())
     assert measured["steps"] == converged_rd_protocol.FINETUNE_STEPS
     held = run_folder(Run("eq-qp-t", lmbda, 0), args)
-    first_step = target_losses(held)[0]
-    assert finetune_crop_rates(Run("ws", lmbda, 0), args)[0] == pytest.approx(first_step, rel=1e-6)
+    rates = finetune_crop_rates(Run("ws", lmbda, 0), args)
+    assert rates[0] == pytest.approx(target_losses(held)[0], rel=1e-6)
+    assert measured["rate_bpp"] == pytest.approx(statistics.fmean(rates), rel=1e-12)
     fine_tune = _metrics_of(held)
     assert fine_tune["target"]["value"] == round(measured["rate_bpp"], 4)
     assert fine_tune["config"]["init_from"] == str(anchor / "checkpoint.pt")
@@ -487,7 +491,15 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm in ARMS:
         kept = load_safely(kept_folder(Run(arm, lmbda, 0), args) / "checkpoint.pt")
         assert ("model" in kept) == (arm == "ws"), arm  # the weights of what others start from
-    assert (kept_folder(Run("ws", lmbda, 0), args) / ANCHOR_RATE).exists()
+    kept_measurement = kept_folder(Run("ws", lmbda, 0), args) / ANCHOR_RATE
+    assert kept_measurement.read_text() == (anchor / ANCHOR_RATE).read_text()
+    kept_measurement.unlink()  # an anchor kept before it measured is kept again with it
+    converged_rd.keep_run(Run("ws", lmbda, 0), args)
+    assert kept_measurement.read_text() == (anchor / ANCHOR_RATE).read_text()
+    args.pack = args.out.parent / "packed.tar.gz"  # what a GPU machine sends back has it too
+    converged_rd.pack(args)
+    with tarfile.open(args.pack) as archive:
+        assert f"{CODEC}/{anchor.name}/{ANCHOR_RATE}" in archive.getnames()
     shutil.rmtree(args.out)
     converged_rd.restore_kept(args)
     assert converged_rd_report.report(args) == text

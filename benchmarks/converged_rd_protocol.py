@@ -40,7 +40,6 @@ import functools
 import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from protocol import (
@@ -219,17 +218,14 @@ def anchor_rate(anchor: Run, args: argparse.Namespace, codec: str = CODEC) -> fl
     control's rate by the size of the effect measured. Measured once (≈ 100 s on a core) and
     kept in the anchor's folder as ``ANCHOR_RATE``.
     """
+    from moopt_lic.checkpoint import atomic_write_text
+
     path = run_folder(anchor, args, codec) / ANCHOR_RATE
     if not path.exists():
         rates = finetune_crop_rates(anchor, args, codec)
         measured = {"rate_bpp": statistics.fmean(rates), "steps": len(rates)}
-        # a file of its own, then moved: a reader, or a second measurer, never sees half one
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(handle, "w") as file:
-            file.write(json.dumps(measured, indent=1))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        # a reader, or a second process measuring, never sees half a file
+        atomic_write_text(json.dumps(measured, indent=1), path)
     return round(json.loads(path.read_text())["rate_bpp"], 4)
 
 
@@ -256,9 +252,10 @@ def config_for(run: Run, args: argparse.Namespace, codec: str = CODEC) -> dict:
     seed = run.seed + RESEED if run.arm == RESEEDED else run.seed
     values = {**common_settings(run_folder(run, args, codec), run.point, seed, args, codec),
               **ARMS[run.arm].settings()}  # fmt: skip
-    anchor = run_folder(Run("ws", run.point, run.seed), args, codec)
+    anchor_run = Run("ws", run.point, run.seed)
+    anchor = run_folder(anchor_run, args, codec)
     if run.arm in TARGETED:
-        values["target_bpp"] = anchor_rate(Run("ws", run.point, run.seed), args, codec)
+        values["target_bpp"] = anchor_rate(anchor_run, args, codec)
     if run.source(ARMS) is None:
         return {**values, "steps": SCRATCH_STEPS, "lr": 1e-3, "lr_schedule": "cosine"}
     return {**values, "steps": FINETUNE_STEPS, "lr": FINETUNE_LR, "lr_schedule": "constant",

@@ -25,9 +25,9 @@ import os
 import pickle
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from moopt_lic.errors import InputError
 __all__ = [
     "FORMAT",
     "atomic_save",
+    "atomic_write_text",
     "capture_rng_state",
     "load_safely",
     "plain",
@@ -57,11 +58,26 @@ CONVERT = "python -m moopt_lic.convert_checkpoint"
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)`` so that ``path`` always holds a whole file."""
+    _write_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that ``path`` always holds a whole file."""
+    _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Fill ``path`` through ``write``, atomically.
+
+    ``write`` fills a temporary file beside ``path`` (named by this process, so two processes
+    never share one), which is synced and renamed over ``path``, and the folder is synced: a
+    crash leaves the old file or the new one, never a torn one.
+    """
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)

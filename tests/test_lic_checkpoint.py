@@ -224,3 +224,26 @@ def test_a_malformed_run_checkpoint_is_refused_in_one_line(tiny_config, capsys, 
     with pytest.raises(InputError, match=message):
         train(tiny_config(steps=2, resume=True))
     assert path.read_bytes() == before
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary(tmp_path, monkeypatch):
+    """Text and checkpoints go through one atomic write: a crash before the rename keeps the
+    old file, a finished write replaces it, and no temporary file is left either way."""
+    from moopt_lic import checkpoint
+
+    path = tmp_path / "rate.json"
+    checkpoint.atomic_write_text('{"rate_bpp": 0.1}', path)
+
+    def crash(*_):
+        raise OSError("crashed before the rename")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError):
+        checkpoint.atomic_write_text('{"rate_bpp": 0.2}', path)
+    with pytest.raises(OSError):
+        atomic_save({"step": 1}, tmp_path / "checkpoint.pt")
+    monkeypatch.undo()
+    assert path.read_text() == '{"rate_bpp": 0.1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rate.json"]
+    checkpoint.atomic_write_text("é", path)
+    assert path.read_text(encoding="utf-8") == "é"

@@ -38,7 +38,6 @@ from converged_rd_calibration import (
     write_calibration,
 )
 from converged_rd_protocol import (
-    ANCHOR_RATE,
     ARMS,
     CALIBRATION_STEPS,
     CODEC,
@@ -46,6 +45,7 @@ from converged_rd_protocol import (
     KEPT,
     KEPT_SCALARS,
     LAMBDAS,
+    MEASURED,
     SEEDS,
     STARTED_FROM,
     all_runs,
@@ -54,6 +54,7 @@ from converged_rd_protocol import (
     config_for,
     kept_folder,
     link_calibration_anchor,
+    measure_final_rate,
     run_folder,
 )
 from converged_rd_report import report
@@ -83,12 +84,22 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
         print(f"{run.name}: not trained, its anchor diverged: {message}", flush=True)
         return
     train_to_end(values if values is not None else config_for(run, args))
+    measure_run(run, args)
     folder = run_folder(run, args)
-    if run.arm == "ws" and run_metrics(folder) is not None:
-        anchor_rate(run, args)  # measured here, once, not by each arm that holds it
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
     keep_run(run, args)
+
+
+def measure_run(run: Run, args: argparse.Namespace) -> None:
+    """Measure what a finished run keeps beside its results, once, while it has its weights:
+    an anchor, the rate its targeted arms hold (here, not by each arm that holds it); every
+    run, its final weights' rate on its last steps' crops (``final_rate``)."""
+    if run_metrics(run_folder(run, args)) is None:
+        return
+    if run.arm == "ws":
+        anchor_rate(run, args)
+    measure_final_rate(run, args)
 
 
 def keep_run(run: Run, args: argparse.Namespace) -> None:
@@ -96,10 +107,10 @@ def keep_run(run: Run, args: argparse.Namespace) -> None:
     kept already; its weights only if other runs start from it."""
     folder, kept = run_folder(run, args), kept_folder(run, args)
     result = divergence(folder) is not None or evaluation(folder) is not None
-    # an anchor kept before it measured its arms' target is kept again with it
-    measured = (folder / ANCHOR_RATE).exists() and not (kept / ANCHOR_RATE).exists()
+    # a run kept before it measured something is kept again with it
+    measured = any((folder / name).exists() and not (kept / name).exists() for name in MEASURED)
     if folder_done(folder) and result and (measured or not kept.exists()):
-        keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM, files=(ANCHOR_RATE,))
+        keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM, files=MEASURED)
 
 
 def restore_kept(args: argparse.Namespace) -> None:
@@ -132,12 +143,12 @@ def work(args: argparse.Namespace) -> None:
 
 
 def pack(args: argparse.Namespace) -> None:
-    """One archive of every finished run's results (an anchor's measured target too: the
+    """One archive of every finished run's results (with what it measured: an anchor's, the
     rate its arms trained to hold), final checkpoint and logs."""
     with tarfile.open(args.pack, "w:gz") as archive:
         for run in all_runs(args):
             folder = run_folder(run, args)
-            for name in ("metrics.json", "evaluation.json", "diverged.json", ANCHOR_RATE,
+            for name in ("metrics.json", "evaluation.json", "diverged.json", *MEASURED,
                          "checkpoint.pt", "tensorboard"):  # fmt: skip
                 if (folder / name).exists():
                     archive.add(folder / name, arcname=f"{CODEC}/{run.name}/{name}")
@@ -186,6 +197,7 @@ def main() -> None:
     if args.stage == "all":
         work(args)
     for run in all_runs(args):  # finished by an older invocation, or unpacked from --pack
+        measure_run(run, args)
         keep_run(run, args)
     if args.pack:
         pack(args)

@@ -30,7 +30,8 @@ Protocol:
 * ``c2f-scratch-t``: coarse-to-fine from scratch for ``SCRATCH_STEPS``, holding the anchor's
   training rate (compared with the anchors: equal steps);
 * evaluation: real entropy coding of the 24 photos of ``../shared/data/eval`` (never used
-  for any choice).
+  for any choice); and, to place each coded codec on its run's training, its final weights'
+  rate on the crops of its last tenth of steps (``final_rate``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ CONTROL["c2f-scratch-t"] = "ws"
 SETTLED_SHARE = 0.1
 #: The file in a finished anchor's folder with the rate its targeted arms hold (``anchor_rate``).
 ANCHOR_RATE = "finetune_crop_rate.json"
+#: The file in a finished run's folder with its final weights' rate on its last steps' crops
+#: (``final_rate``).
+FINAL_RATE = "final_crop_rate.json"
+#: What a finished run measures once and keeps beside its results.
+MEASURED = (ANCHOR_RATE, FINAL_RATE)
 #: Each arm's variant in the interleaved per-step timing of every method (the trainer's
 #: defaults: sequential Gram, coarse-to-fine re-evaluated every step).
 OVERHEAD_VARIANTS = {
@@ -227,6 +233,57 @@ def anchor_rate(anchor: Run, args: argparse.Namespace, codec: str = CODEC) -> fl
         # a reader, or a second process measuring, never sees half a file
         atomic_write_text(json.dumps(measured, indent=1), path)
     return round(json.loads(path.read_text())["rate_bpp"], 4)
+
+
+def final_crop_rates(run: Run, args: argparse.Namespace, codec: str = CODEC) -> list[float]:
+    """The finished run's final weights' training rate (bpp) at each of its last
+    ``achieved_steps`` steps: the crops and quantisation noise those steps trained on, coded
+    by the weights the evaluation codes.
+
+    Paired twice: with the rate those same steps trained at (a targeted run keeps each
+    step's), so that a run whose weights swing from step to step shows where its last
+    snapshot sits in the swing; and with another arm's final weights at the same λ and seed
+    (a seed draws the same crops and noise for every arm but ``RESEEDED``).
+    """
+    import torch
+
+    from moopt_lic import TrainConfig
+    from moopt_lic.targets import achieved_steps
+    from moopt_lic.trainer import Trainer
+
+    folder = run_folder(run, args, codec)
+    values = {**config_for(run, args, codec), "init_from": str(folder / "checkpoint.pt")}
+    trainer = Trainer(TrainConfig(**values), folder, resume_from=None)
+    # the batches of the run's last steps: a batch depends on its step alone
+    trainer.step = trainer.total_steps - achieved_steps(trainer.total_steps)
+    with torch.no_grad():
+        return [float(trainer.losses(x, seeds)["rate"]) for x, seeds in trainer.batches()]
+
+
+def final_rate(run: Run, args: argparse.Namespace, codec: str = CODEC) -> float | None:
+    """The mean of the run's ``final_crop_rates``, as ``measure_final_rate`` kept it in the
+    run's folder (``FINAL_RATE``); None if it has not."""
+    path = run_folder(run, args, codec) / FINAL_RATE
+    return float(json.loads(path.read_text())["rate_bpp"]) if path.exists() else None
+
+
+def measure_final_rate(run: Run, args: argparse.Namespace, codec: str = CODEC) -> None:
+    """Measure the run's ``final_rate`` once (seconds for a fine-tune, ≈ 3 minutes on a core
+    for a run from scratch), unless it cannot: not finished, diverged, or kept without its
+    weights (``kept_runs.py``)."""
+    from moopt_lic.checkpoint import atomic_write_text, load_safely
+
+    folder = run_folder(run, args, codec)
+    checkpoint = folder / "checkpoint.pt"
+    if (folder / FINAL_RATE).exists() or run_metrics(folder) is None:
+        return
+    if divergence(folder) is not None or not checkpoint.exists():
+        return
+    if "model" not in load_safely(checkpoint):
+        return
+    rates = final_crop_rates(run, args, codec)
+    measured = {"rate_bpp": statistics.fmean(rates), "steps": len(rates)}
+    atomic_write_text(json.dumps(measured, indent=1), folder / FINAL_RATE)
 
 
 def anchor_divergence(run: Run, args: argparse.Namespace, codec: str = CODEC) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from converged_rd_protocol import (
@@ -18,6 +19,7 @@ from converged_rd_protocol import (
     all_runs,
     anchor_divergence,
     anchor_rate,
+    final_rate,
     interleaved_ratio,
     interleaved_settings,
     run_folder,
@@ -80,6 +82,8 @@ def report(args: argparse.Namespace) -> str:
         *arm_table(args),
         "",
         *target_holding(args),
+        "",
+        *final_codecs(args),
         "",
         "Training-time ratios (mean over the runs; a run shares the machine with as many "
         "others as were started beside it, and runs of different sessions trained on "
@@ -317,6 +321,61 @@ def target_holding(args: argparse.Namespace) -> list[str]:
         "smooths the batches' targeted loss before its log, so it holds their mean; their "
         "geometric mean sits below it by about the batch spread exp(σ²/2) − 1 (σ: the std "
         "of the log loss from batch to batch).",
+        "",
+        *lines,
+    ]
+
+
+def held_rate(folder: Path) -> float | None:
+    """The mean training rate a targeted run's last ``achieved_steps`` steps trained at (the
+    targeted loss its checkpoint keeps; None without)."""
+    metrics, losses = run_metrics(folder), target_losses(folder)
+    if metrics is None or losses is None or metrics["target"]["objective"] != "rate":
+        return None
+    return statistics.fmean(losses[-achieved_steps(metrics["steps"]) :])
+
+
+def _percent_over(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None else 100 * (value / base - 1)
+
+
+def final_codecs(args: argparse.Namespace) -> list[str]:
+    """Where each arm's evaluated codec sits against what its run held and against its
+    control's, at each λ (mean ± std over the seeds with a value): its final weights' rate on
+    the crops and noise of its last tenth of steps (``final_rate``) over the rate those steps
+    trained at (targeted arms), over the control's final weights' on the same crops, and its
+    coded rate on the evaluation photos over the control's."""
+    lines = [
+        "| arm | λ | final over held, training crops (%) | final over the control's final, "
+        "training crops (%) | coded over the control's, evaluation photos (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, control in CONTROL.items():
+        for lmbda in args.lambdas if arm in args.arms else ():
+            columns: list[list[float]] = [[], [], []]
+            for seed in args.seeds:
+                ours, theirs = Run(arm, lmbda, seed), Run(control, lmbda, seed)
+                coded = [evaluation(run_folder(run, args)) for run in (ours, theirs)]
+                values = (
+                    _percent_over(final_rate(ours, args), held_rate(run_folder(ours, args))),
+                    _percent_over(final_rate(ours, args), final_rate(theirs, args)),
+                    _percent_over(*(result["bpp"] if result else None for result in coded)),
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column += [] if value is None else [value]
+            if any(columns):
+                cells = " | ".join(mean_std(column) for column in columns)
+                lines.append(f"| {arm} | {lmbda} | {cells} |")
+    if len(lines) == 2:
+        return []
+    return [
+        "Where the evaluated codecs sit (each run's final weights, the weights coded): their "
+        "rate on the crops and quantisation noise of the run's last tenth of steps, over the "
+        "rate those same steps trained at (a targeted arm keeps each step's: paired, only the "
+        "weights differ, so a run whose weights swing shows where its last snapshot sits), "
+        "and over the control's final weights on the same crops (a seed draws the same crops "
+        "for both); beside them, the coded rate on the evaluation photos over the control's. "
+        "Mean ± std over the seeds.",
         "",
         *lines,
     ]

@@ -16,6 +16,7 @@ from converged_rd_protocol import (
     CALIBRATION_LAMBDA,
     CODEC,
     CONTROL,
+    FINAL_RATE,
     FINETUNE_STEPS,
     LAMBDAS,
     RESEEDED,
@@ -26,6 +27,8 @@ from converged_rd_protocol import (
     calibration_config,
     calibration_folder,
     config_for,
+    final_crop_rates,
+    final_rate,
     finetune_crop_rates,
     kept_folder,
     run_folder,
@@ -487,6 +490,9 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     for arm, control in CONTROL.items():  # every arm's time is set against its control's
         assert f"\n- {arm} / {control}: " in text
     assert "\n| eq-qp-t | 1 | " in text  # how the target held, from the run's checkpoint
+    for arm in ARMS:  # every run measured where its final weights sit on its last crops
+        assert final_rate(Run(arm, lmbda, 0), args) is not None, arm
+    assert f"\n| eq-qp-t | {lmbda} | " in text and f"\n| c2f-scratch-t | {lmbda} | " in text
     # every run is kept; a fresh checkout restores them and reports the same
     for arm in ARMS:
         kept = load_safely(kept_folder(Run(arm, lmbda, 0), args) / "checkpoint.pt")
@@ -496,10 +502,16 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     kept_measurement.unlink()  # an anchor kept before it measured is kept again with it
     converged_rd.keep_run(Run("ws", lmbda, 0), args)
     assert kept_measurement.read_text() == (anchor / ANCHOR_RATE).read_text()
+    kept_final = kept_folder(Run("eq-qp-t", lmbda, 0), args) / FINAL_RATE
+    assert kept_final.read_text() == (held / FINAL_RATE).read_text()
+    kept_final.unlink()  # so is any run kept before it measured its final weights
+    converged_rd.keep_run(Run("eq-qp-t", lmbda, 0), args)
+    assert kept_final.read_text() == (held / FINAL_RATE).read_text()
     args.pack = args.out.parent / "packed.tar.gz"  # what a GPU machine sends back has it too
     converged_rd.pack(args)
     with tarfile.open(args.pack) as archive:
         assert f"{CODEC}/{anchor.name}/{ANCHOR_RATE}" in archive.getnames()
+        assert f"{CODEC}/{held.name}/{FINAL_RATE}" in archive.getnames()
     shutil.rmtree(args.out)
     converged_rd.restore_kept(args)
     assert converged_rd_report.report(args) == text
@@ -507,6 +519,73 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     args.jobs, args.minutes, args.lambdas = 1, 1.0, [lmbda]
     converged_rd.work(args)  # restored runs count as finished: nothing trains or is refused
     assert {path: path.stat().st_mtime_ns for path in args.out.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_final_weights_are_measured_on_the_crops_and_noise_of_the_runs_last_steps(
+    args, test_images, monkeypatch
+):
+    """At a learning rate too small to move a weight, the final weights are those of every
+    step: their rate on the run's last tenth of steps is what each of those steps trained
+    at, exactly (the same crops, the same noise), and the same for every arm at a λ and
+    seed; a run kept without its weights is not measured."""
+    import converged_rd
+    import converged_rd_protocol
+
+    from moopt_lic.data import ImageSet
+    from moopt_lic.targets import achieved_steps
+
+    tiny = {"model": "mbt2018-mean", "N": 8, "M": 8, "patch_size": 64, "batch_size": 2}
+    settings = {"CODECS": {CODEC: tiny}, "DATA": test_images.parent, "HOLDOUT": 1,
+                "SCRATCH_STEPS": 2, "FINETUNE_STEPS": 30, "FINETUNE_LR": 1e-30}  # fmt: skip
+    for name, value in settings.items():
+        monkeypatch.setattr(converged_rd_protocol, name, value)
+    monkeypatch.setattr(converged_rd, "eval_images", lambda: ImageSet.from_folder(test_images))
+    args.no_coding, args.seeds, args.arms, lmbda = False, [0], ["ws", "eq-qp-t", "ws+"], LAMBDAS[0]
+    for arm in ("ws", "eq-qp-t", "ws+"):
+        converged_rd.train_and_code(None, Run(arm, lmbda, 0), args)
+    held = run_folder(Run("eq-qp-t", lmbda, 0), args)
+    final = final_crop_rates(Run("eq-qp-t", lmbda, 0), args)
+    assert len(final) == achieved_steps(30) == 3
+    assert final == pytest.approx(target_losses(held)[-3:], rel=1e-6)
+    assert final == pytest.approx(final_crop_rates(Run("ws+", lmbda, 0), args), rel=1e-6)
+    assert final_rate(Run("eq-qp-t", lmbda, 0), args) == pytest.approx(statistics.fmean(final))
+    shutil.rmtree(args.out)
+    converged_rd.restore_kept(args)  # kept without weights: not measured, and no error
+    (held / FINAL_RATE).unlink()
+    converged_rd_protocol.measure_final_rate(Run("eq-qp-t", lmbda, 0), args)
+    assert final_rate(Run("eq-qp-t", lmbda, 0), args) is None
+
+
+def test_the_report_places_each_final_codec_on_its_training_and_its_controls(args):
+    """Per arm and λ, over the seeds: the final weights' rate over the rate the last steps
+    held, over the control's final weights', and the coded rate over the control's; an arm
+    without a target has no held rate, a seed without a measurement is left out."""
+    import torch
+    from converged_rd_report import final_codecs
+
+    args.seeds, args.arms, lmbda = [0, 1], ["ws+", "eq-qp-t"], LAMBDAS[0]
+
+    def finished(arm, seed, final, coded, held=None):
+        folder = run_folder(Run(arm, lmbda, seed), args)
+        folder.mkdir(parents=True)
+        target = {"objective": "rate", "value": 0.2} if held else None
+        (folder / "metrics.json").write_text(json.dumps({"steps": 100, "target": target}))
+        (folder / "evaluation.json").write_text(json.dumps({"bpp": coded}))
+        if held:  # the last tenth held `held`; the steps before it did not count
+            torch.save({"target_losses": [1.0] * 20 + [held] * 10}, folder / "checkpoint.pt")
+        if final:
+            (folder / FINAL_RATE).write_text(json.dumps({"rate_bpp": final}))
+
+    finished("ws+", 0, 0.300, 0.400)
+    finished("eq-qp-t", 0, 0.294, 0.380, held=0.300)  # −2 %, −2 %, −5 %
+    finished("ws+", 1, 0.200, 0.300)
+    finished("eq-qp-t", 1, None, 0.291, held=0.200)  # measured nothing: −3 % coded only
+    lines = final_codecs(args)
+    assert f"| eq-qp-t | {lmbda} | -2.00 | -2.00 | -4.00 ± 1.41 |" in lines
+    assert f"| ws+ | {lmbda} |" not in "\n".join(lines)  # the control is no arm of its own
+    args.arms = ["ws+"]
+    assert final_codecs(args) == []
 
 
 def test_time_ratios_say_so_when_no_arm_has_finished_beside_its_control(args):

@@ -124,6 +124,7 @@ def train_to_end(values: dict[str, Any]) -> None:
     is an error: its folder must go before it is trained again.
     """
     from moopt_lic import TrainConfig, TrainingDiverged, train
+    from moopt_lic.checkpoint import atomic_write_text
 
     folder = Path(values["out"])
     if changed := trained_otherwise(folder, values):
@@ -134,7 +135,7 @@ def train_to_end(values: dict[str, Any]) -> None:
     try:
         train(TrainConfig(**values, resume=(folder / "checkpoint.pt").exists()))
     except TrainingDiverged as error:
-        (folder / "diverged.json").write_text(json.dumps({"diverged": str(error)}))
+        atomic_write_text(json.dumps({"diverged": str(error)}), folder / "diverged.json")
 
 
 def scalar_histories(folder: Path, *tags: str) -> dict[str, list[tuple[int, float]]]:
@@ -184,6 +185,7 @@ def code_run(folder: Path, images: Any, device: str = "cpu", threads: int = 1) -
     """
     import torch
 
+    from moopt_lic.checkpoint import atomic_write_text
     from moopt_lic.evaluate import evaluate_checkpoint, summarize
 
     torch.set_num_threads(threads)
@@ -201,7 +203,8 @@ def code_run(folder: Path, images: Any, device: str = "cpu", threads: int = 1) -
         "eval_device": device,
         "eval_images": len(rows),
     }
-    (folder / "evaluation.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    # its presence says the run is coded: never a torn file
+    atomic_write_text(json.dumps(result, indent=1, sort_keys=True), folder / "evaluation.json")
     return result
 
 

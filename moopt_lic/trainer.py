@@ -47,7 +47,14 @@ from moopt import (
 from moopt.pytorch import BalancedStep, NonFiniteError, balanced_backward, update_balancer
 from moopt_lic.amp import autocast
 from moopt_lic.balancers import build_base_balancer
-from moopt_lic.checkpoint import FORMAT, atomic_save, capture_rng_state, plain, restore_rng_state
+from moopt_lic.checkpoint import (
+    FORMAT,
+    atomic_save,
+    atomic_write_text,
+    capture_rng_state,
+    plain,
+    restore_rng_state,
+)
 from moopt_lic.codec import code_images, forward_padded, summarize
 from moopt_lic.config import RUNTIME_FIELDS, TrainConfig, resume_conflicts, set_fields
 from moopt_lic.data import CropDataset, image_to_tensor
@@ -569,7 +576,8 @@ class Trainer:
             }
         if self.config.final_eval:
             metrics["final_evaluation"] = self.evaluate_coded()
-        (self.out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        # its presence says the run finished: never a torn file
+        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.out / METRICS)
         return metrics
 
     @torch.no_grad()

@@ -148,6 +148,34 @@ def test_resume_of_a_finished_run_does_nothing(tiny_config):
         train(tiny_config(steps=2))
 
 
+def test_a_crash_while_writing_the_metrics_leaves_a_run_that_resumes(tiny_config, monkeypatch):
+    """metrics.json says a run finished (benchmarks skip it): a crash while it is written
+    leaves none, torn or whole, and no temporary; the run resumes from its last checkpoint
+    and finishes."""
+    from moopt_lic import checkpoint
+
+    replace_file = checkpoint.os.replace
+
+    def crash_on_metrics(source, target):
+        if Path(target).name == "metrics.json":
+            raise OSError("crashed before the rename")
+        replace_file(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_metrics)
+    config = tiny_config(steps=2)
+    with pytest.raises(OSError, match="crashed before the rename"):
+        train(config)
+    monkeypatch.undo()
+    out = Path(config.out)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "checkpoint.pt",
+        "checkpoint_best.pt",
+    ]
+    resumed = train(replace(config, resume=True))
+    assert resumed.metrics["steps"] == 2 and not resumed.already_finished
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
 def test_in_process_resume_is_exact(tiny_config, tmp_path):
     """Stopping after any checkpoint and resuming gives the same parameters, bit for bit."""
     train(tiny_config(balancer="coarse-to-fine", steps=6, out=str(tmp_path / "a")))

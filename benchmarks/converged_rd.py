@@ -143,8 +143,9 @@ def work(args: argparse.Namespace) -> None:
 
 
 def pack(args: argparse.Namespace) -> None:
-    """One archive of every finished run's results (with what it measured: an anchor's, the
-    rate its arms trained to hold), final checkpoint and logs."""
+    """One archive of every finished run's results (with what it measured once finished,
+    ``MEASURED``: an anchor's target for its arms, every run's final rate), final checkpoint
+    and logs."""
     with tarfile.open(args.pack, "w:gz") as archive:
         for run in all_runs(args):
             folder = run_folder(run, args)

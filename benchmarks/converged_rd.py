@@ -58,7 +58,7 @@ from converged_rd_protocol import (
     run_folder,
 )
 from converged_rd_report import report
-from kept_runs import keep, restore
+from kept_runs import add_files, keep, restore
 from protocol import (
     ROOT,
     Run,
@@ -84,10 +84,11 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
         print(f"{run.name}: not trained, its anchor diverged: {message}", flush=True)
         return
     train_to_end(values if values is not None else config_for(run, args))
-    measure_run(run, args)
     folder = run_folder(run, args)
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
+    keep_run(run, args)
+    measure_run(run, args)  # after its result is kept: a failed measurement loses none
     keep_run(run, args)
 
 
@@ -103,13 +104,16 @@ def measure_run(run: Run, args: argparse.Namespace) -> None:
 
 
 def keep_run(run: Run, args: argparse.Namespace) -> None:
-    """Keep the run (``kept_runs.py``) once it has its result, coded or diverged, unless it is
-    kept already; its weights only if other runs start from it."""
+    """Keep the run (``kept_runs.py``) once it has its result, coded or diverged, with its
+    weights only if other runs start from it; a run kept already gets only what it measured
+    since (``MEASURED``)."""
     folder, kept = run_folder(run, args), kept_folder(run, args)
     result = divergence(folder) is not None or evaluation(folder) is not None
-    # a run kept before it measured something is kept again with it
-    measured = any((folder / name).exists() and not (kept / name).exists() for name in MEASURED)
-    if folder_done(folder) and result and (measured or not kept.exists()):
+    if not (folder_done(folder) and result):
+        return
+    if kept.exists():
+        add_files(folder, kept, MEASURED)
+    else:
         keep(folder, kept, KEPT_SCALARS, weights=run.arm in STARTED_FROM, files=MEASURED)
 
 
@@ -198,6 +202,7 @@ def main() -> None:
     if args.stage == "all":
         work(args)
     for run in all_runs(args):  # finished by an older invocation, or unpacked from --pack
+        keep_run(run, args)
         measure_run(run, args)
         keep_run(run, args)
     if args.pack:

@@ -236,14 +236,15 @@ def anchor_rate(anchor: Run, args: argparse.Namespace, codec: str = CODEC) -> fl
 
 
 def final_crop_rates(run: Run, args: argparse.Namespace, codec: str = CODEC) -> list[float]:
-    """The finished run's final weights' training rate (bpp) at each of its last
-    ``achieved_steps`` steps: the crops and quantisation noise those steps trained on, coded
-    by the weights the evaluation codes.
+    """The finished run's final weights' training rate (bpp: likelihoods under additive
+    noise, as training estimates it) at each of its last ``achieved_steps`` steps: on the
+    crops and quantisation noise those steps trained on, with the weights the evaluation
+    codes.
 
     Paired twice: with the rate those same steps trained at (a targeted run keeps each
     step's), so that a run whose weights swing from step to step shows where its last
-    snapshot sits in the swing; and with another arm's final weights at the same λ and seed
-    (a seed draws the same crops and noise for every arm but ``RESEEDED``).
+    snapshot sits in the swing; and with its control's final weights (a seed draws the same
+    crops and noise for runs of the same length: every arm but ``RESEEDED`` and its control).
     """
     import torch
 
@@ -252,7 +253,10 @@ def final_crop_rates(run: Run, args: argparse.Namespace, codec: str = CODEC) -> 
     from moopt_lic.trainer import Trainer
 
     folder = run_folder(run, args, codec)
-    values = {**config_for(run, args, codec), "init_from": str(folder / "checkpoint.pt")}
+    values = config_for(run, args, codec)
+    if changed := trained_otherwise(folder, values):  # its last steps were other crops
+        raise ValueError(f"{folder}: trained with other settings ({'; '.join(changed)})")
+    values["init_from"] = str(folder / "checkpoint.pt")
     trainer = Trainer(TrainConfig(**values), folder, resume_from=None)
     # the batches of the run's last steps: a batch depends on its step alone
     trainer.step = trainer.total_steps - achieved_steps(trainer.total_steps)

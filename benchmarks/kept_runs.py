@@ -15,8 +15,10 @@ copies what a finished run's results consist of into a folder that is committed:
 * ``tensorboard/``: the scalars the report reads (``tags``), each step's value exactly (the
   log stores float32, and so does the copy), without wall times.
 
-``restore`` puts a kept run back where its runs folder has none; there it counts as finished
-(and coded), so it is skipped, reported, and started from as before.
+``add_files`` adds to a kept copy what its run measured after it was kept, and leaves the
+rest of the copy as it is. ``restore`` puts a kept run back where its runs folder has none;
+there it counts as finished (and coded), so it is skipped, reported, and started from as
+before.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def keep(
         writer.close()
     shutil.rmtree(kept, ignore_errors=True)
     partial.replace(kept)
+
+
+def add_files(folder: Path, kept: Path, files: Sequence[str]) -> list[str]:
+    """Copy those of ``files`` that the run in ``folder`` has and its kept copy ``kept``
+    lacks (measured after it was kept) into ``kept``, each whole or not at all, leaving the
+    rest of the copy as it is; the names copied."""
+    added = [name for name in files if (folder / name).exists() and not (kept / name).exists()]
+    for name in added:
+        partial = kept / f".{name}.partial"
+        shutil.copyfile(folder / name, partial)
+        partial.replace(kept / name)
+    return added
 
 
 def restore(kept: Path, folder: Path) -> bool:

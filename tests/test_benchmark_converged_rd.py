@@ -505,8 +505,10 @@ def test_every_arm_trains_and_codes_and_the_report_shows_it(args, test_images, m
     kept_final = kept_folder(Run("eq-qp-t", lmbda, 0), args) / FINAL_RATE
     assert kept_final.read_text() == (held / FINAL_RATE).read_text()
     kept_final.unlink()  # so is any run kept before it measured its final weights
+    logs = sorted(kept_final.parent.rglob("events.*"))
     converged_rd.keep_run(Run("eq-qp-t", lmbda, 0), args)
     assert kept_final.read_text() == (held / FINAL_RATE).read_text()
+    assert sorted(kept_final.parent.rglob("events.*")) == logs  # added to, not kept again
     args.pack = args.out.parent / "packed.tar.gz"  # what a GPU machine sends back has it too
     converged_rd.pack(args)
     with tarfile.open(args.pack) as archive:
@@ -531,6 +533,7 @@ def test_final_weights_are_measured_on_the_crops_and_noise_of_the_runs_last_step
     seed; a run kept without its weights is not measured."""
     import converged_rd
     import converged_rd_protocol
+    import torch
 
     from moopt_lic.data import ImageSet
     from moopt_lic.targets import achieved_steps
@@ -550,11 +553,30 @@ def test_final_weights_are_measured_on_the_crops_and_noise_of_the_runs_last_step
     assert final == pytest.approx(target_losses(held)[-3:], rel=1e-6)
     assert final == pytest.approx(final_crop_rates(Run("ws+", lmbda, 0), args), rel=1e-6)
     assert final_rate(Run("eq-qp-t", lmbda, 0), args) == pytest.approx(statistics.fmean(final))
+    # the run's own final weights are measured, not the anchor's it started from
+    state = torch.load(held / "checkpoint.pt", weights_only=True)
+    state["model"] = {name: 1.2 * value if name.startswith("g_a") else value
+                      for name, value in state["model"].items()}  # fmt: skip
+    torch.save(state, held / "checkpoint.pt")
+    changed = final_crop_rates(Run("eq-qp-t", lmbda, 0), args)
+    assert all(abs(a / b - 1) > 1e-3 for a, b in zip(changed, final, strict=True))
     shutil.rmtree(args.out)
     converged_rd.restore_kept(args)  # kept without weights: not measured, and no error
     (held / FINAL_RATE).unlink()
     converged_rd_protocol.measure_final_rate(Run("eq-qp-t", lmbda, 0), args)
     assert final_rate(Run("eq-qp-t", lmbda, 0), args) is None
+
+
+def test_a_run_trained_otherwise_is_not_measured_on_the_protocols_crops(args):
+    """The last steps' crops follow from the run's settings: a run finished under others
+    (here a longer fine-tune) is refused, not measured on crops it never trained on."""
+    run = Run("ws+", LAMBDAS[0], 0)
+    folder = run_folder(run, args)
+    folder.mkdir(parents=True)
+    trained = {**config_for(run, args), "steps": 2 * FINETUNE_STEPS}
+    (folder / "metrics.json").write_text(json.dumps({"config": trained}))
+    with pytest.raises(ValueError, match=f"steps: {2 * FINETUNE_STEPS} → {FINETUNE_STEPS}"):
+        final_crop_rates(run, args)
 
 
 def test_the_report_places_each_final_codec_on_its_training_and_its_controls(args):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from kept_runs import RESUME_ONLY, keep, restore
+from kept_runs import RESUME_ONLY, add_files, keep, restore
 from protocol import evaluation, run_metrics, scalar_histories, target_losses
 
 from moopt_lic import load_model, train
@@ -89,3 +89,24 @@ def test_keeping_again_replaces_the_copy_and_leaves_no_partial_one(finished, tmp
     keep(finished, kept, TAGS, weights=True)
     assert "model" in load_safely(kept / "checkpoint.pt")
     assert sorted(p.name for p in kept.parent.iterdir()) == ["a"]
+
+
+def test_a_measurement_made_after_keeping_joins_the_copy_and_nothing_else_changes(
+    finished, tmp_path
+):
+    """add_files copies the files the run has and the copy lacks, whole, and rewrites no
+    file the copy had (a re-keep would rewrite its log under a new name)."""
+    kept = tmp_path / "kept" / "a"
+    keep(finished, kept, TAGS, weights=False)
+    before = {path: path.stat().st_mtime_ns for path in kept.rglob("*")}
+    (finished / "measured.json").write_text('{"rate_bpp": 0.2}')
+    (finished / "metrics.json").write_text('{"changed": true}')  # kept already: not copied
+    assert add_files(finished, kept, ("measured.json", "metrics.json", "absent.json")) == [
+        "measured.json"
+    ]
+    assert (kept / "measured.json").read_text() == '{"rate_bpp": 0.2}'
+    assert {path: path.stat().st_mtime_ns for path in kept.rglob("*") if path in before} == before
+    assert sorted(p.name for p in kept.iterdir() if p.name not in {q.name for q in before}) == [
+        "measured.json"
+    ]
+    assert add_files(finished, kept, ("measured.json",)) == []

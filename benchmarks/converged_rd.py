@@ -87,8 +87,14 @@ def train_and_code(values: dict | None, run: Run, args: argparse.Namespace) -> N
     folder = run_folder(run, args)
     if not args.no_coding and to_code(folder):
         code_run(folder, eval_images(), args.device)
+    keep_and_measure(run, args)
+
+
+def keep_and_measure(run: Run, args: argparse.Namespace) -> None:
+    """Keep the finished run, then measure it (``measure_run``) and add the measurements to
+    its kept copy: kept first, so that a failed measurement loses no result."""
     keep_run(run, args)
-    measure_run(run, args)  # after its result is kept: a failed measurement loses none
+    measure_run(run, args)
     keep_run(run, args)
 
 
@@ -202,9 +208,7 @@ def main() -> None:
     if args.stage == "all":
         work(args)
     for run in all_runs(args):  # finished by an older invocation, or unpacked from --pack
-        keep_run(run, args)
-        measure_run(run, args)
-        keep_run(run, args)
+        keep_and_measure(run, args)
     if args.pack:
         pack(args)
     text = report(args)

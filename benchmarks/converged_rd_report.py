@@ -301,12 +301,11 @@ def target_holding(args: argparse.Namespace) -> list[str]:
         offsets = []
         for run in (Run(arm, lm, seed) for lm in args.lambdas for seed in args.seeds):
             folder = run_folder(run, args)
-            metrics, losses = run_metrics(folder), target_losses(folder)
-            if metrics is None or losses is None or divergence(folder) is not None:
+            metrics, window = run_metrics(folder), held_window(folder)
+            if metrics is None or window is None or divergence(folder) is not None:
                 continue
             target = Target(metrics["target"]["objective"], metrics["target"]["value"],
                             metrics["lambda"])  # fmt: skip
-            window = losses[-achieved_steps(metrics["steps"]) :]
             logs = [math.log(loss / target.loss) for loss in window]
             offsets.append((100 * (statistics.fmean(window) / target.loss - 1),
                             100 * math.expm1(statistics.fmean(logs)),
@@ -326,13 +325,22 @@ def target_holding(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def held_rate(folder: Path) -> float | None:
-    """The mean training rate a targeted run's last ``achieved_steps`` steps trained at (the
-    targeted loss its checkpoint keeps; None without)."""
+def held_window(folder: Path) -> list[float] | None:
+    """The targeted loss at each of a finished targeted run's last ``achieved_steps`` steps
+    (the window its ``achieved`` value averages), from its checkpoint; None without."""
     metrics, losses = run_metrics(folder), target_losses(folder)
-    if metrics is None or losses is None or metrics["target"]["objective"] != "rate":
+    if metrics is None or losses is None:
         return None
-    return statistics.fmean(losses[-achieved_steps(metrics["steps"]) :])
+    return losses[-achieved_steps(metrics["steps"]) :]
+
+
+def held_rate(folder: Path) -> float | None:
+    """The mean training rate a rate-targeted run's last ``achieved_steps`` steps trained at
+    (None for a run without a rate target)."""
+    window, metrics = held_window(folder), run_metrics(folder)
+    if window is None or metrics is None or metrics["target"]["objective"] != "rate":
+        return None
+    return statistics.fmean(window)
 
 
 def _percent_over(value: float | None, base: float | None) -> float | None:
@@ -356,9 +364,10 @@ def final_codecs(args: argparse.Namespace) -> list[str]:
             for seed in args.seeds:
                 ours, theirs = Run(arm, lmbda, seed), Run(control, lmbda, seed)
                 coded = [evaluation(run_folder(run, args)) for run in (ours, theirs)]
+                final = final_rate(ours, args)
                 values = (
-                    _percent_over(final_rate(ours, args), held_rate(run_folder(ours, args))),
-                    _percent_over(final_rate(ours, args), final_rate(theirs, args)),
+                    _percent_over(final, held_rate(run_folder(ours, args))),
+                    _percent_over(final, final_rate(theirs, args)),
                     _percent_over(*(result["bpp"] if result else None for result in coded)),
                 )
                 for column, value in zip(columns, values, strict=True):

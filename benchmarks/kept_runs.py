@@ -72,14 +72,14 @@ def keep(
 
 
 def add_files(folder: Path, kept: Path, files: Sequence[str]) -> list[str]:
-    """Copy those of ``files`` that the run in ``folder`` has and its kept copy ``kept``
-    lacks (measured after it was kept) into ``kept``, each whole or not at all, leaving the
-    rest of the copy as it is; the names copied."""
+    """Copy those of the text files ``files`` that the run in ``folder`` has and its kept
+    copy ``kept`` lacks (measured after it was kept) into ``kept``, each whole or not at all,
+    leaving the rest of the copy as it is; the names copied."""
+    from moopt_lic.checkpoint import atomic_write_text
+
     added = [name for name in files if (folder / name).exists() and not (kept / name).exists()]
     for name in added:
-        partial = kept / f".{name}.partial"
-        shutil.copyfile(folder / name, partial)
-        partial.replace(kept / name)
+        atomic_write_text((folder / name).read_text(encoding="utf-8"), kept / name)
     return added
 
 

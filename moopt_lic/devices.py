@@ -43,12 +43,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def use_deterministic_cuda() -> None:
-    """Ask CUDA for deterministic kernels (cuDNN's weight gradients are not by default).
+    """Ask CUDA for deterministic kernels at full float32 precision.
 
-    Bit-identical resume is tested on the CPU; on CUDA this makes it possible (ops without a
-    deterministic kernel warn instead of failing). The setting is global to the process.
+    Bit-identical resume is tested on the CPU; on CUDA this makes it possible (cuDNN's weight
+    gradients are not deterministic by default; ops without a deterministic kernel warn
+    instead of failing). TF32 is turned off as well: PyTorch lets cuDNN convolve in TF32 by
+    default (10 mantissa bits), which would make a CUDA run less precise than the CPU runs
+    it is compared with. The settings are global to the process.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)

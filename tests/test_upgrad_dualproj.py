@@ -73,11 +73,16 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 @given(gradient_cases(min_k=1, max_k=5), st.data())
 def test_solver_is_the_exact_projection(case, data):
     """For linearly independent gradients the weights are the 60-digit KKT solution (the
-    unique minimiser) to 1e-9, at every scale, for any vector ``u`` to project."""
+    unique minimiser) to 1e-9 plus rounding times cond(G) (nearly parallel gradients make the
+    weights ill-determined: cond(G) ≈ 7e9 moved them by 2e-8), relative to ``u``, at every
+    scale, for any vector ``u`` to project."""
     u = data.draw(vectors_to_project(case.k))
     expected = exact_dual_cone_weights(case.gram, u)
     actual = dual_cone_weights(case.gram, u)
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-9 * max(np.abs(u).max(), 1e-3))
+    tolerance = 1e-9 + 1e-14 * np.linalg.cond(case.gram)
+    np.testing.assert_allclose(
+        actual, expected, rtol=0, atol=tolerance * max(np.abs(u).max(), 1e-3)
+    )
     assert np.all(actual >= u)
 
 
@@ -195,7 +200,9 @@ def test_torchjd_regularisation_converges_to_the_exact_weights(method):
 def test_preference_vectors_match_torchjd(case, data):
     """With a preference vector (any signs), both follow TorchJD's pref_vector, to 1e-7 plus
     the rounding that the condition number of the cosine matrix amplifies (nearly parallel
-    gradients leave the weights, not the direction, ill-determined)."""
+    gradients leave the weights, not the direction, ill-determined), relative to the larger
+    of the weights and the preference (a preference projected to zero weights keeps its
+    rounding)."""
     preference = np.array(data.draw(st.lists(st.floats(-1, 2), min_size=case.k, max_size=case.k)))
     pref = torch.tensor(preference)
     for ours, theirs in (
@@ -206,7 +213,10 @@ def test_preference_vectors_match_torchjd(case, data):
         actual = ours.weights(np.ones(case.k), case.gram)
         tolerance = 1e-7 + 1e-14 * cosine_condition(case.gradients)
         np.testing.assert_allclose(
-            actual, expected, rtol=0, atol=tolerance * max(np.abs(expected).max(), 1e-3)
+            actual,
+            expected,
+            rtol=0,
+            atol=tolerance * max(np.abs(expected).max(), np.abs(preference).max(), 1e-3),
         )
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from properties import assert_on_simplex, assert_valid_weights
+from refusals import bad_input_test
 from strategies import permutation_seeds, positive_losses, random_permutation
 
 from moopt.balancers.stch import STCHBalancer
@@ -332,12 +333,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_gets_a_clear_error(case):
-    """Each bad input raises the documented exception with a message naming the argument."""
-    call, error, message = CASES[case]
-    with pytest.raises(error, match=message):
-        call()
+test_bad_input_gets_a_clear_error = bad_input_test(CASES)
 
 
 def test_errors_come_before_any_state_change():

@@ -42,11 +42,22 @@ def assert_permutation_equivariant(
 
 
 def assert_gram_scale_invariant(
-    weight_fn: WeightFunction, losses: np.ndarray, gram: np.ndarray, factor: float
+    weight_fn: WeightFunction,
+    losses: np.ndarray,
+    gram: np.ndarray,
+    factor: float,
+    rtol: float | None = None,
 ) -> None:
-    """Scaling every gradient by one factor leaves the weights unchanged: w(ℓ, aQ) = w(ℓ, Q)."""
+    """Scaling every gradient by one factor leaves the weights unchanged: w(ℓ, aQ) = w(ℓ, Q).
+
+    ``rtol`` None: to 1e-9 relative and 1e-12 absolute. A value: to ``rtol`` relative to each
+    weight or to the largest one, as ``assert_permutation_equivariant`` (a small weight that is
+    a cancelling sum keeps the rounding of its terms).
+    """
+    weights = weight_fn(losses, gram)
+    atol = 1e-12 if rtol is None else rtol * np.abs(weights).max()
     np.testing.assert_allclose(
-        weight_fn(losses, factor * gram), weight_fn(losses, gram), rtol=1e-9, atol=1e-12
+        weight_fn(losses, factor * gram), weights, rtol=1e-9 if rtol is None else rtol, atol=atol
     )
 
 

@@ -7,7 +7,7 @@ import argparse
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from converged_rd_protocol import (
     ARMS,
@@ -301,7 +301,8 @@ def target_holding(args: argparse.Namespace) -> list[str]:
         offsets = []
         for run in (Run(arm, lm, seed) for lm in args.lambdas for seed in args.seeds):
             folder = run_folder(run, args)
-            metrics, window = run_metrics(folder), held_window(folder)
+            metrics = run_metrics(folder)
+            window = held_window(folder, metrics)
             if metrics is None or window is None or divergence(folder) is not None:
                 continue
             target = Target(metrics["target"]["objective"], metrics["target"]["value"],
@@ -325,10 +326,11 @@ def target_holding(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def held_window(folder: Path) -> list[float] | None:
+def held_window(folder: Path, metrics: dict[str, Any] | None) -> list[float] | None:
     """The targeted loss at each of a finished targeted run's last ``achieved_steps`` steps
-    (the window its ``achieved`` value averages), from its checkpoint; None without."""
-    metrics, losses = run_metrics(folder), target_losses(folder)
+    (the window its ``achieved`` value averages), from its checkpoint; None without, or
+    without the run's ``metrics`` (its ``run_metrics``: the caller has read them)."""
+    losses = target_losses(folder)
     if metrics is None or losses is None:
         return None
     return losses[-achieved_steps(metrics["steps"]) :]
@@ -337,7 +339,8 @@ def held_window(folder: Path) -> list[float] | None:
 def held_rate(folder: Path) -> float | None:
     """The mean training rate a rate-targeted run's last ``achieved_steps`` steps trained at
     (None for a run without a rate target)."""
-    window, metrics = held_window(folder), run_metrics(folder)
+    metrics = run_metrics(folder)
+    window = held_window(folder, metrics)
     if window is None or metrics is None or metrics["target"]["objective"] != "rate":
         return None
     return statistics.fmean(window)
